@@ -1,0 +1,40 @@
+GO ?= go
+RELEASE_FLAGS = -trimpath -ldflags='-s -w'
+
+.PHONY: build test test-short verify lint fuzz bench bench-quick chaos demo smoke clean
+
+build:
+	CGO_ENABLED=0 $(GO) build $(RELEASE_FLAGS) -o bin/iotkv ./cmd/iotkv
+	CGO_ENABLED=0 $(GO) build $(RELEASE_FLAGS) -o bin/iotkv-device ./cmd/iotkv-device
+
+# The README's test command: every test, with the race detector.
+test:
+	$(GO) test -race -timeout 15m ./...
+
+verify lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1)
+	$(GO) vet ./...
+	$(GO) mod tidy -diff
+
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 15m ./...
+
+bench-quick:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 2m ./...
+
+smoke:
+	bash ../shared/smoke/contract.sh
+
+demo:
+	$(GO) run ./cmd/iotkv demo --duration 0
+
+clean:
+	rm -rf bin

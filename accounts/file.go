@@ -1,0 +1,180 @@
+// Package accounts owns the accounts file (JSON, bcrypt hashes only), the
+// live view of it that servers check logins against, a bounded cache of
+// verified credentials, and the throttling of repeated failures.
+package accounts
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/internal/atomicfile"
+)
+
+// Cost bounds for new passwords.
+const (
+	DefaultCost = 12
+	MinCost     = 10
+)
+
+// Account is one entry of the accounts file.
+type Account struct {
+	Name string     `json:"name"`
+	Role iotkv.Role `json:"role"`
+	Hash string     `json:"hash"`
+}
+
+// File is the accounts file's content.
+type File struct {
+	Version  int       `json:"version"`
+	Accounts []Account `json:"accounts"`
+}
+
+// Errors callers can test for.
+var (
+	ErrNotFound = errors.New("no such account")
+	ErrExists   = errors.New("account already exists")
+)
+
+// Parse decodes and validates an accounts file.
+func Parse(data []byte) (*File, error) {
+	var f File
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("parse accounts: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("parse accounts: trailing data")
+	}
+	seen := make(map[string]bool, len(f.Accounts))
+	for i, a := range f.Accounts {
+		if err := iotkv.ValidateName(a.Name); err != nil {
+			return nil, fmt.Errorf("parse accounts: entry %d: %w", i, err)
+		}
+		if !a.Role.Valid() {
+			return nil, fmt.Errorf("parse accounts: %s: unknown role %q", a.Name, a.Role)
+		}
+		if _, err := bcrypt.Cost([]byte(a.Hash)); err != nil {
+			return nil, fmt.Errorf("parse accounts: %s: hash is not bcrypt: %w", a.Name, err)
+		}
+		if seen[a.Name] {
+			return nil, fmt.Errorf("parse accounts: %s appears twice", a.Name)
+		}
+		seen[a.Name] = true
+	}
+	return &f, nil
+}
+
+// Load reads the accounts file at path; a missing file is an empty one.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &File{Version: 1}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read accounts %s: %w", path, err)
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Save writes f to path atomically (temp file, fsync, rename, fsync of the
+// directory) with mode 0600.
+func (f *File) Save(path string) error {
+	f.Version = 1
+	sort.Slice(f.Accounts, func(i, j int) bool { return f.Accounts[i].Name < f.Accounts[j].Name })
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode accounts: %w", err)
+	}
+	return atomicfile.Write(path, append(data, '\n'), 0o600)
+}
+
+func (f *File) index(name string) int {
+	for i, a := range f.Accounts {
+		if a.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Get returns the account called name.
+func (f *File) Get(name string) (Account, bool) {
+	if i := f.index(name); i >= 0 {
+		return f.Accounts[i], true
+	}
+	return Account{}, false
+}
+
+// Add hashes password at cost and adds an account.
+func (f *File) Add(name string, role iotkv.Role, password string, cost int) error {
+	if err := iotkv.ValidateName(name); err != nil {
+		return err
+	}
+	if !role.Valid() {
+		return fmt.Errorf("unknown role %q (want device, reader, writer, admin, master or edge)", role)
+	}
+	if f.index(name) >= 0 {
+		return fmt.Errorf("%s: %w", name, ErrExists)
+	}
+	hash, err := HashPassword(password, cost)
+	if err != nil {
+		return err
+	}
+	f.Accounts = append(f.Accounts, Account{Name: name, Role: role, Hash: hash})
+	return nil
+}
+
+// Passwd replaces name's password.
+func (f *File) Passwd(name, password string, cost int) error {
+	i := f.index(name)
+	if i < 0 {
+		return fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	hash, err := HashPassword(password, cost)
+	if err != nil {
+		return err
+	}
+	f.Accounts[i].Hash = hash
+	return nil
+}
+
+// Del removes name.
+func (f *File) Del(name string) error {
+	i := f.index(name)
+	if i < 0 {
+		return fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	f.Accounts = append(f.Accounts[:i], f.Accounts[i+1:]...)
+	return nil
+}
+
+// HashPassword hashes with bcrypt, refusing costs below MinCost and
+// passwords bcrypt cannot take.
+func HashPassword(password string, cost int) (string, error) {
+	if cost == 0 {
+		cost = DefaultCost
+	}
+	if cost < MinCost || cost > bcrypt.MaxCost {
+		return "", fmt.Errorf("bcrypt cost %d: must be between %d and %d", cost, MinCost, bcrypt.MaxCost)
+	}
+	if password == "" {
+		return "", errors.New("password is empty")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
+	if err != nil {
+		return "", fmt.Errorf("hash password: %w", err)
+	}
+	return string(h), nil
+}

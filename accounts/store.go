@@ -1,0 +1,223 @@
+package accounts
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/iotkv/iotkv"
+)
+
+// ErrBadCredentials is returned for an unknown name or a wrong password;
+// the two are not told apart.
+var ErrBadCredentials = errors.New("bad username or password")
+
+// Options configure a Store.
+type Options struct {
+	// Path of the accounts file. Required.
+	Path string
+	// CacheSize bounds the verified-credential cache; default 100,000
+	// entries. -1 disables the cache (benchmarks measure without it).
+	CacheSize int
+	// Workers bounds concurrent bcrypt checks; default GOMAXPROCS. A cold
+	// reconnect storm queues here instead of starving everything else.
+	Workers int
+	// PollInterval is how often Watch checks the file; default 1s.
+	PollInterval time.Duration
+	Logger       *slog.Logger
+}
+
+// Store is the live view of an accounts file: lookups, password checks with
+// a cache of verified credentials, and reloads when the file changes.
+//
+// The cache is keyed by a hash of (name, password, stored hash): a wrong
+// password never matches an entry, and a changed password or a reload that
+// changes the account drops the entry.
+type Store struct {
+	opts    Options
+	log     *slog.Logger
+	workers chan struct{}
+	dummy   string // hash compared against for unknown names
+
+	mu       sync.RWMutex
+	accounts map[string]Account
+	stamp    fileStamp
+	cache    map[[32]byte]struct{}
+}
+
+type fileStamp struct {
+	size    int64
+	modTime time.Time
+}
+
+// Open loads the accounts file.
+func Open(opts Options) (*Store, error) {
+	if opts.Path == "" {
+		return nil, errors.New("accounts: path is required")
+	}
+	if opts.CacheSize == 0 {
+		opts.CacheSize = 100_000
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.GOMAXPROCS(0)
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Store{opts: opts, log: opts.Logger, workers: make(chan struct{}, opts.Workers)}
+	dummy, err := bcrypt.GenerateFromPassword([]byte(opts.Path), MinCost)
+	if err != nil {
+		return nil, fmt.Errorf("accounts: %w", err)
+	}
+	s.dummy = string(dummy)
+	if _, err := s.Reload(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Reload rereads the file if it changed since the last load; it reports
+// whether it did. A file that fails to parse leaves the old accounts in
+// force.
+func (s *Store) Reload() (bool, error) {
+	st, err := os.Stat(s.opts.Path)
+	if err != nil {
+		return false, fmt.Errorf("stat accounts %s: %w", s.opts.Path, err)
+	}
+	stamp := fileStamp{size: st.Size(), modTime: st.ModTime()}
+	s.mu.RLock()
+	same := s.accounts != nil && stamp == s.stamp
+	s.mu.RUnlock()
+	if same {
+		return false, nil
+	}
+	f, err := Load(s.opts.Path)
+	if err != nil {
+		return false, err
+	}
+	m := make(map[string]Account, len(f.Accounts))
+	for _, a := range f.Accounts {
+		m[a.Name] = a
+	}
+	s.mu.Lock()
+	s.accounts, s.stamp = m, stamp
+	s.cache = make(map[[32]byte]struct{})
+	s.mu.Unlock()
+	return true, nil
+}
+
+// Watch reloads the file whenever it changes until ctx ends.
+func (s *Store) Watch(ctx context.Context) {
+	t := time.NewTicker(s.opts.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			changed, err := s.Reload()
+			if err != nil {
+				s.log.Warn("accounts reload failed; keeping the previous accounts", "path", s.opts.Path, "err", err)
+			} else if changed {
+				s.log.Info("accounts reloaded", "path", s.opts.Path, "accounts", s.Len())
+			}
+		}
+	}
+}
+
+// Len is the number of accounts.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.accounts)
+}
+
+// Lookup returns the account called name.
+func (s *Store) Lookup(name string) (Account, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.accounts[name]
+	return a, ok
+}
+
+// Verify checks name's password. It returns the account, whether the
+// answer came from the cache, and ErrBadCredentials when the name is
+// unknown or the password is wrong. It blocks on the bcrypt worker pool
+// until ctx ends.
+func (s *Store) Verify(ctx context.Context, name, password string) (Account, bool, error) {
+	a, ok := s.Lookup(name)
+	if !ok {
+		// Spend the same time as a real check so names cannot be probed.
+		_ = s.compare(ctx, s.dummy, password)
+		return Account{}, false, ErrBadCredentials
+	}
+	key := cacheKey(a, password)
+	if s.opts.CacheSize > 0 {
+		s.mu.RLock()
+		_, hit := s.cache[key]
+		s.mu.RUnlock()
+		if hit {
+			return a, true, nil
+		}
+	}
+	if err := s.compare(ctx, a.Hash, password); err != nil {
+		return Account{}, false, err
+	}
+	if s.opts.CacheSize > 0 {
+		s.mu.Lock()
+		if cur, ok := s.accounts[name]; ok && cur.Hash == a.Hash {
+			if len(s.cache) >= s.opts.CacheSize {
+				// Evict an arbitrary entry; map order is random enough.
+				for k := range s.cache {
+					delete(s.cache, k)
+					break
+				}
+			}
+			s.cache[key] = struct{}{}
+		}
+		s.mu.Unlock()
+	}
+	return a, false, nil
+}
+
+func (s *Store) compare(ctx context.Context, hash, password string) error {
+	select {
+	case s.workers <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("verify password: %w", ctx.Err())
+	}
+	defer func() { <-s.workers }()
+	if err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)); err != nil {
+		return ErrBadCredentials
+	}
+	return nil
+}
+
+func cacheKey(a Account, password string) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(a.Name))
+	h.Write([]byte{0})
+	h.Write([]byte(a.Hash))
+	h.Write([]byte{0})
+	h.Write([]byte(password))
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// Role returns name's role, or "" when there is no such account.
+func (s *Store) Role(name string) iotkv.Role {
+	a, _ := s.Lookup(name)
+	return a.Role
+}

@@ -1,0 +1,230 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/certs"
+)
+
+// hook is the broker's only mochi hook: login, ACL and the ingest path.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+
+	mu       sync.Mutex
+	inflight map[*mqtt.Client]chan struct{} // per-client window of writes being committed
+}
+
+func (h *hook) ID() string { return "iotkv" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnConnect caps the keepalive (0 would disable mochi's read deadline) and
+// namespaces the client id by username: without it, one account could take
+// over another's session by reusing its client id.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	maxKA := h.b.opts.MaxKeepalive
+	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKA {
+		cl.State.Keepalive = maxKA
+		cl.State.ServerKeepalive = true
+	}
+	return nil
+}
+
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	user := string(pk.Connect.Username)
+	addr := remoteHost(cl.Net.Remote)
+	log := h.b.log.With("user", user, "remote", cl.Net.Remote)
+	cn := ""
+	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+		cn = certs.PeerCN(tc.ConnectionState())
+	}
+	if cn == "" || cn != user {
+		h.b.metrics.authFailures.WithLabelValues("mqtt", "cn_mismatch").Inc()
+		log.Warn("mqtt login refused: certificate CN does not match username", "cn", cn)
+		return false
+	}
+	if wait := h.b.opts.Throttle.Wait(user, addr); wait > 0 {
+		h.b.metrics.authFailures.WithLabelValues("mqtt", "throttled").Inc()
+		log.Warn("mqtt login refused: too many failures", "retry_after", wait)
+		return false
+	}
+	ctx, cancel := authContext()
+	defer cancel()
+	acct, _, err := h.b.opts.Accounts.Verify(ctx, user, string(pk.Connect.Password))
+	if err != nil {
+		wait := h.b.opts.Throttle.Fail(user, addr)
+		h.b.metrics.authFailures.WithLabelValues("mqtt", "bad_password").Inc()
+		log.Warn("mqtt login refused: bad username or password", "throttle", wait)
+		return false
+	}
+	h.b.opts.Throttle.Success(user, addr)
+	cl.ID = user + "|" + cl.ID
+	h.mu.Lock()
+	if h.inflight == nil {
+		h.inflight = make(map[*mqtt.Client]chan struct{})
+	}
+	h.inflight[cl] = make(chan struct{}, h.b.opts.InflightPerClient)
+	h.mu.Unlock()
+	log.Debug("mqtt login", "role", acct.Role)
+	return true
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.mu.Lock()
+	delete(h.inflight, cl)
+	h.mu.Unlock()
+}
+
+// OnACLCheck: a device publishes and subscribes only under its own
+// namespace and never publishes to its status/ topics; only role master
+// touches iotkv/v1/backup/; admin may subscribe to anything.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	user := string(cl.Properties.Username)
+	acct, ok := h.b.opts.Accounts.Lookup(user)
+	allowed := ok && allow(acct.Role, user, topic, write)
+	if !allowed {
+		h.b.metrics.aclDenied.Inc()
+		h.b.log.Warn("mqtt acl denied", "user", user, "topic", topic, "write", write)
+	}
+	return allowed
+}
+
+func allow(role iotkv.Role, user, topic string, write bool) bool {
+	switch role {
+	case iotkv.RoleDevice:
+		ns := iotkv.DeviceNamespace(user)
+		rest, ok := strings.CutPrefix(topic, ns)
+		if !ok {
+			return false
+		}
+		if write {
+			return rest != "" && !strings.HasPrefix(rest, "status/") && rest != "status"
+		}
+		return true
+	case iotkv.RoleMaster:
+		return strings.HasPrefix(topic, iotkv.BackupPrefix)
+	case iotkv.RoleAdmin:
+		return !write
+	}
+	return false
+}
+
+// OnPublish sends device writes to the ingest. For QoS 1 it returns at once
+// and the ingest's done callback writes the PUBACK after the commit, so a
+// client keeps a window of publishes in flight instead of one per fsync.
+// QoS 0 and 2 wait for the commit here (QoS 2's PUBREC then follows from
+// mochi).
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	user := string(cl.Properties.Username)
+	t, ok := iotkv.ParseDeviceTopic(pk.TopicName)
+	if !ok || t.Device != user || (t.Kind != iotkv.TopicBatch && t.Kind != iotkv.TopicKV) {
+		return pk, nil
+	}
+	if h.b.closing.Load() {
+		return pk, packets.ErrRejectPacket // no PUBACK: sent again after reconnect
+	}
+	h.mu.Lock()
+	window := h.inflight[cl]
+	h.mu.Unlock()
+	if window == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	window <- struct{}{} // back-pressure: this client's reads wait
+	w := Write{Device: user, Topic: t, Payload: pk.Payload, Retain: pk.FixedHeader.Retain}
+	h.b.metrics.messages.WithLabelValues(t.Kind).Inc()
+
+	if pk.FixedHeader.Qos == 1 {
+		h.b.opts.Ingest.Submit(w, func(r Result) {
+			defer func() { <-window }()
+			h.finishQoS1(cl, pk, r)
+		})
+		return pk, packets.ErrRejectPacket // we own the PUBACK
+	}
+	done := make(chan Result, 1)
+	h.b.opts.Ingest.Submit(w, func(r Result) { done <- r })
+	r := <-done
+	<-window
+	if r.Err == nil {
+		return pk, packets.CodeSuccessIgnore
+	}
+	h.refused(cl, pk, r)
+	var ie *iotkv.Error
+	if cl.Properties.ProtocolVersion == 5 && errors.As(r.Err, &ie) {
+		return pk, reasonCode(ie.Code)
+	}
+	if errors.As(r.Err, &ie) {
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *hook) finishQoS1(cl *mqtt.Client, pk packets.Packet, r Result) {
+	var ie *iotkv.Error
+	code := packets.CodeSuccess
+	switch {
+	case r.Err == nil:
+	case errors.As(r.Err, &ie):
+		h.refused(cl, pk, r)
+		if cl.Properties.ProtocolVersion == 5 {
+			code = reasonCode(ie.Code)
+		}
+	default:
+		// Not durable: no PUBACK. Drop the connection so the client
+		// resends on reconnect instead of waiting for a PUBACK forever.
+		h.b.log.Error("write not durable; disconnecting client so it resends", "client", cl.ID, "err", r.Err)
+		h.b.server.DisconnectClient(cl, packets.ErrServerUnavailable)
+		return
+	}
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+	}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+	if err := cl.WritePacket(ack); err != nil {
+		h.b.log.Debug("puback not written", "client", cl.ID, "err", err)
+	}
+}
+
+// refused counts and logs a refusal and, for every protocol version, tells
+// the device on its status/error topic.
+func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
+	code := iotkv.CodeOf(r.Err)
+	h.b.metrics.rejects.WithLabelValues(code).Inc()
+	user := string(cl.Properties.Username)
+	h.b.log.Warn("device write refused", "device", user, "topic", pk.TopicName, "seq", r.Seq, "code", code, "err", r.Err)
+	msg, _ := json.Marshal(iotkv.ErrorMessage{Seq: r.Seq, Code: code, Message: r.Err.Error()})
+	if err := h.b.Publish(iotkv.ErrorTopic(user), msg, 0); err != nil {
+		h.b.log.Warn("status/error not published", "device", user, "err", err)
+	}
+}
+
+func reasonCode(code string) packets.Code {
+	switch code {
+	case iotkv.CodeTooLarge:
+		return packets.ErrPacketTooLarge
+	case iotkv.CodeNotAuthorized:
+		return packets.ErrNotAuthorized
+	case iotkv.CodeRateLimited:
+		return packets.ErrQuotaExceeded
+	default:
+		return packets.ErrPayloadFormatInvalid
+	}
+}

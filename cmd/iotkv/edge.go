@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"time"
+
+	"github.com/iotkv/iotkv/certs"
+	"github.com/iotkv/iotkv/edge"
+	"github.com/iotkv/iotkv/internal/cliutil"
+)
+
+// tlsFlags are --certs D and the --ca/--cert/--key overrides.
+type tlsFlags struct{ dir, ca, cert, key string }
+
+func (t *tlsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&t.dir, "certs", "", "certificate directory holding ca.crt, NAME.crt, NAME.key")
+	fs.StringVar(&t.ca, "ca", "", "CA certificate (overrides --certs)")
+	fs.StringVar(&t.cert, "cert", "", "certificate (overrides --certs)")
+	fs.StringVar(&t.key, "key", "", "private key (overrides --certs)")
+}
+
+func (t *tlsFlags) paths(name string) (certs.Paths, error) {
+	p := certs.PathsFor(t.dir, name)
+	if t.ca != "" {
+		p.CA = t.ca
+	}
+	if t.cert != "" {
+		p.Cert = t.cert
+	}
+	if t.key != "" {
+		p.Key = t.key
+	}
+	if t.dir == "" && (t.ca == "" || t.cert == "" || t.key == "") {
+		return p, cliutil.Usagef("--certs D (or all of --ca, --cert, --key) is required")
+	}
+	return p, nil
+}
+
+func edgeCmd(args []string) error {
+	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
+	var lf cliutil.Log
+	lf.Register(fs)
+	var tf tlsFlags
+	tf.register(fs)
+	id := fs.String("id", "", "edge id (required); also its certificate name")
+	data := fs.String("data", "", "data directory (required)")
+	acc := fs.String("accounts", "", "accounts file (required)")
+	mqttAddr := fs.String("mqtt-addr", ":8883", "MQTT/TLS listen address")
+	httpAddr := fs.String("http-addr", ":8443", "HTTPS listen address")
+	restCert := fs.String("rest-client-cert", "optional", "none|optional|require")
+	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
+	maxPacket := fs.Uint("max-packet-size", 1<<20, "largest MQTT packet in bytes")
+	maxKey := fs.Int("max-key-bytes", 256, "longest key in bytes")
+	maxValue := fs.Int("max-value-bytes", 64<<10, "largest value in bytes")
+	maxOps := fs.Int("max-batch-ops", 1000, "most ops in one batch")
+	connectTimeout := fs.Duration("connect-timeout", 10*time.Second, "time allowed for the TLS handshake and CONNECT")
+	maxClients := fs.Int64("max-clients", 10000, "most MQTT clients at once")
+	maxKeepalive := fs.Uint("max-keepalive", 300, "longest MQTT keepalive in seconds")
+	restoreFrom := fs.String("restore-from", "", "restore an empty data dir from this master URL first")
+	name := fs.String("name", "", "account name for --restore-from (default: the edge id)")
+	pwFile := fs.String("password-file", "", "password for --restore-from (first line; IOTKV_PASSWORD as fallback)")
+	if pos, err := cliutil.Parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return cliutil.Usagef("edge: unexpected argument %q", pos[0])
+	}
+	if *id == "" || *data == "" || *acc == "" {
+		return cliutil.Usagef("edge: --id, --data and --accounts are required")
+	}
+	log, err := lf.Logger()
+	if err != nil {
+		return err
+	}
+	paths, err := tf.paths(*id)
+	if err != nil {
+		return err
+	}
+	if _, err := edge.ClientAuth(*restCert); err != nil {
+		return cliutil.Usagef("%v", err)
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	if *restoreFrom != "" {
+		if *name == "" {
+			*name = *id
+		}
+		pw, err := cliutil.ReadPassword(*pwFile)
+		if err != nil {
+			return err
+		}
+		if err := restoreEdge(ctx, log, *restoreFrom, *id, *name, pw, *data, paths); err != nil {
+			return err
+		}
+	}
+	e, err := edge.Open(edge.Options{
+		ID: *id, DataDir: *data, TLSFiles: paths, Accounts: *acc,
+		MQTTAddr: *mqttAddr, HTTPAddr: *httpAddr, RestClientCert: *restCert,
+		MaxPacketSize: uint32(*maxPacket), ConnectTimeout: *connectTimeout,
+		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
+		Logger: log,
+	}.WithLimits(*maxKey, *maxValue, *maxOps))
+	if err != nil {
+		return err
+	}
+	if err := cliutil.WriteAddrFile(*addrFile, map[string]string{"mqtt": e.MQTTAddr(), "https": e.HTTPAddr()}); err != nil {
+		_ = e.Close(context.Background())
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down: finishing writes in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return e.Close(sctx)
+}

@@ -1,0 +1,64 @@
+// Command iotkv is every iotkv subcommand in one binary: certs, users,
+// edge, master, device and demo.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/iotkv/iotkv/internal/cliutil"
+	"github.com/iotkv/iotkv/internal/devicecli"
+)
+
+const usage = `usage: iotkv COMMAND [flags]
+
+commands:
+  certs init|issue     make the PKI
+  users add|list|del|passwd   manage the accounts file
+  edge                 run an edge server
+  master               run the backup master
+  device put|get|del|shell|simulate   act as a device
+  demo                 run a whole system on loopback
+  version              print the version`
+
+func main() {
+	cliutil.Exit("iotkv", run(os.Args[1:]))
+}
+
+func run(args []string) error {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, usage)
+		return cliutil.Usagef("a command is required")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "certs":
+		return certsCmd(rest)
+	case "users":
+		return usersCmd(rest)
+	case "edge":
+		return edgeCmd(rest)
+	case "master":
+		return masterCmd(rest)
+	case "device":
+		return devicecli.Run(rest)
+	case "demo":
+		return demoCmd(rest)
+	case "version", "--version":
+		fmt.Printf("iotkv %s %s\n", version(), runtime.Version())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Println(usage)
+		return nil
+	}
+	return cliutil.Usagef("unknown command %q (try 'iotkv help')", cmd)
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

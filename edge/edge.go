@@ -1,0 +1,284 @@
+// Package edge is the iotkv edge server: a Pebble store, the group-commit
+// write path that makes each device batch durable before its PUBACK, the
+// retained status/ack per device, the backup stream to the master, and the
+// wiring of the embedded broker and the REST API.
+//
+// Goroutines and their owners: the committer's loop (commit.go, stopped by
+// Close after the broker stops accepting), the accounts watcher (stopped by
+// Close through its context), and those of the broker and the REST server
+// (stopped by their Close). Lock order: committer.mu is never held while
+// calling out.
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/accounts"
+	"github.com/iotkv/iotkv/broker"
+	"github.com/iotkv/iotkv/certs"
+	"github.com/iotkv/iotkv/rest"
+)
+
+// Options configure an edge. Zero values take the documented defaults.
+type Options struct {
+	ID       string     // required; also the certificate name
+	DataDir  string     // required: the Pebble directory
+	TLSFiles certs.Paths // required: CA, certificate and key
+	Accounts string     // required: the accounts file (reloaded on change)
+
+	MQTTAddr string // default ":8883"
+	HTTPAddr string // default ":8443"
+	// RestClientCert is none, optional (default) or require.
+	RestClientCert string
+
+	Limits         iotkv.Limits
+	MaxPacketSize  uint32        // default 1 MiB
+	ConnectTimeout time.Duration // default 10s
+	MaxClients     int64         // default 10,000
+	MaxKeepalive   uint16        // seconds, default 300
+
+	// AccountsPoll is how often the accounts file is checked; default 1s.
+	AccountsPoll time.Duration
+	// AuthCacheSize bounds the verified-credential cache; -1 disables it.
+	AuthCacheSize int
+
+	StoreFS  vfs.FS // tests inject disk faults; default the OS
+	Logger   *slog.Logger
+	Registry *prometheus.Registry // default a new one with Go and process collectors
+}
+
+func (o *Options) validate() error {
+	if err := iotkv.ValidateName(o.ID); err != nil {
+		return fmt.Errorf("edge id: %w", err)
+	}
+	if o.DataDir == "" {
+		return errors.New("edge: data dir is required")
+	}
+	if o.Accounts == "" {
+		return errors.New("edge: accounts file is required")
+	}
+	if o.TLSFiles.CA == "" || o.TLSFiles.Cert == "" || o.TLSFiles.Key == "" {
+		return errors.New("edge: CA, certificate and key are required")
+	}
+	if o.MQTTAddr == "" {
+		o.MQTTAddr = ":8883"
+	}
+	if o.HTTPAddr == "" {
+		o.HTTPAddr = ":8443"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxPacketSize == 0 {
+		o.MaxPacketSize = 1 << 20
+	}
+	if o.Limits.MaxBatchBytes == 0 {
+		o.Limits.MaxBatchBytes = int(o.MaxPacketSize)
+	}
+	o.Limits = o.Limits.WithDefaults()
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	return nil
+}
+
+// ClientAuth parses none|optional|require.
+func ClientAuth(s string) (tls.ClientAuthType, error) {
+	switch s {
+	case "", "optional":
+		return tls.VerifyClientCertIfGiven, nil
+	case "none":
+		return tls.NoClientCert, nil
+	case "require":
+		return tls.RequireAndVerifyClientCert, nil
+	}
+	return 0, fmt.Errorf("rest client cert %q: want none, optional or require", s)
+}
+
+// Edge is a running edge server.
+type Edge struct {
+	opts     Options
+	log      *slog.Logger
+	accounts *accounts.Store
+	store    *Store
+	c        *committer
+	broker   *broker.Broker
+	http     *rest.Server
+
+	stopWatch context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts an edge: store, accounts, broker and REST, in that order. It
+// returns once both listeners are bound and serving.
+func Open(opts Options) (_ *Edge, err error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	httpAuth, err := ClientAuth(opts.RestClientCert)
+	if err != nil {
+		return nil, err
+	}
+	e := &Edge{opts: opts, log: opts.Logger.With("edge", opts.ID)}
+	defer func() {
+		if err != nil {
+			_ = e.Close(context.Background())
+		}
+	}()
+	e.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, CacheSize: opts.AuthCacheSize, Logger: e.log})
+	if err != nil {
+		return nil, err
+	}
+	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log})
+	if err != nil {
+		return nil, err
+	}
+	reg := opts.Registry
+	e.c, err = newCommitter(e.store, e.log, reg, e.committed)
+	if err != nil {
+		return nil, err
+	}
+	mqttTLS, err := certs.ServerConfig(opts.TLSFiles, tls.RequireAndVerifyClientCert)
+	if err != nil {
+		return nil, err
+	}
+	throttle := accounts.NewThrottle()
+	e.broker, err = broker.New(broker.Options{
+		Addr: opts.MQTTAddr, TLS: mqttTLS, Accounts: e.accounts, Throttle: throttle,
+		Ingest: &ingest{c: e.c, limits: opts.Limits}, Metrics: reg,
+		MaxPacketSize: opts.MaxPacketSize, ConnectTimeout: opts.ConnectTimeout,
+		MaxClients: opts.MaxClients, MaxKeepalive: opts.MaxKeepalive, Logger: e.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.republishAcks(); err != nil {
+		return nil, err
+	}
+	httpTLS, err := certs.ServerConfig(opts.TLSFiles, httpAuth)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := rest.NewAuthenticator(e.accounts, throttle, reg)
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := rest.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	handler := rest.NewEdgeHandler(rest.EdgeOptions{
+		KV: &kv{store: e.store, c: e.c, conn: e.broker.ConnectedUsers}, Auth: auth, Metrics: metrics,
+		Gatherer: reg, Ready: e.Ready, Limits: opts.Limits, Logger: e.log,
+	})
+	e.http, err = rest.Listen(opts.HTTPAddr, httpTLS, handler, e.log)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.broker.Serve(); err != nil {
+		return nil, err
+	}
+	e.http.Serve()
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stopWatch = cancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.accounts.Watch(ctx)
+	}()
+	e.log.Info("listening", "mqtt", e.MQTTAddr(), "https", e.HTTPAddr(), "data", opts.DataDir, "incarnation", e.store.Incarnation)
+	return e, nil
+}
+
+// MQTTAddr is the bound MQTT/TLS address.
+func (e *Edge) MQTTAddr() string { return e.broker.Addr() }
+
+// HTTPAddr is the bound HTTPS address.
+func (e *Edge) HTTPAddr() string { return e.http.Addr() }
+
+// Ready reports whether the edge can take writes.
+func (e *Edge) Ready() error {
+	if !e.c.healthy.Load() {
+		return errors.New("the last commit failed: the store cannot make writes durable")
+	}
+	return nil
+}
+
+// committed runs in the committer's goroutine after each durable group.
+func (e *Edge) committed(c committed) {
+	for dev, seq := range c.acks {
+		e.publishAck(dev, seq)
+	}
+}
+
+func (e *Edge) publishAck(device string, seq uint64) {
+	payload, _ := json.Marshal(iotkv.AckMessage{Seq: seq})
+	if err := e.broker.PublishRetained(iotkv.AckTopic(device), payload); err != nil {
+		e.log.Warn("status/ack not published", "device", device, "err", err)
+	}
+}
+
+// republishAcks restores the retained status/ack of every device after a
+// restart (mochi keeps retained messages in memory only).
+func (e *Edge) republishAcks() error {
+	devs, err := e.store.Devices()
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if d.LastSeq > 0 {
+			e.publishAck(d.Device, d.LastSeq)
+		}
+	}
+	return nil
+}
+
+// Close stops accepting, finishes and acknowledges the writes in flight,
+// stops the servers and closes the store. Safe to call twice.
+func (e *Edge) Close(ctx context.Context) error {
+	e.closeOnce.Do(func() {
+		var errs []error
+		if e.broker != nil {
+			e.broker.StopAccepting()
+		}
+		if e.http != nil {
+			errs = append(errs, e.http.Close(ctx))
+		}
+		if e.c != nil {
+			e.c.close()
+		}
+		if e.broker != nil {
+			errs = append(errs, e.broker.Close())
+		}
+		if e.stopWatch != nil {
+			e.stopWatch()
+		}
+		e.wg.Wait()
+		if e.store != nil {
+			errs = append(errs, e.store.Close())
+		}
+		e.closeErr = errors.Join(errs...)
+	})
+	return e.closeErr
+}
+
+// WithLimits returns o with the key, value and batch-op limits set.
+func (o Options) WithLimits(maxKey, maxValue, maxOps int) Options {
+	o.Limits.MaxKeyBytes, o.Limits.MaxValueBytes, o.Limits.MaxOps = maxKey, maxValue, maxOps
+	return o
+}

@@ -1,0 +1,148 @@
+// Package cliutil holds what every iotkv command shares: flag parsing with
+// flags before or after arguments, logging flags, password files, exit
+// codes and signal handling.
+package cliutil
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/iotkv/iotkv/internal/atomicfile"
+)
+
+// UsageError is a mistake on the command line: exit status 2.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+// Usagef builds a UsageError.
+func Usagef(format string, args ...any) error {
+	return &UsageError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// Exit prints err (one line) and exits: 0 for nil, 2 for usage errors, 1
+// otherwise.
+func Exit(prog string, err error) {
+	if err == nil {
+		os.Exit(0)
+	}
+	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+	var ue *UsageError
+	if errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+// Log holds the logging flags every command takes.
+type Log struct {
+	Level, Format string
+}
+
+// Register adds --log-level and --log-format to fs.
+func (l *Log) Register(fs *flag.FlagSet) {
+	fs.StringVar(&l.Level, "log-level", "info", "debug|info|warn|error")
+	fs.StringVar(&l.Format, "log-format", "text", "text|json")
+}
+
+// Logger builds the slog logger on standard error.
+func (l *Log) Logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(l.Level)); err != nil {
+		return nil, Usagef("--log-level %q: want debug, info, warn or error", l.Level)
+	}
+	o := &slog.HandlerOptions{Level: lvl}
+	switch l.Format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
+	}
+	return nil, Usagef("--log-format %q: want text or json", l.Format)
+}
+
+// Parse parses args with flags allowed before, between and after the
+// positional arguments, and returns the positional ones.
+func Parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(os.Stderr)
+				fs.PrintDefaults()
+				return nil, Usagef("usage: %s [flags]", fs.Name())
+			}
+			return nil, Usagef("%s: %v", fs.Name(), err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// ReadPassword returns the first line of file, or $IOTKV_PASSWORD when file
+// is empty.
+func ReadPassword(file string) (string, error) {
+	if file == "" {
+		if p := os.Getenv("IOTKV_PASSWORD"); p != "" {
+			return p, nil
+		}
+		return "", Usagef("a password is required: --password-file F or IOTKV_PASSWORD")
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("read password file: %w", err)
+	}
+	defer f.Close()
+	return FirstLine(f)
+}
+
+// FirstLine reads the first line of r without its line ending.
+func FirstLine(r io.Reader) (string, error) {
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read password: %w", err)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", errors.New("read password: empty")
+	}
+	return line, nil
+}
+
+// SignalContext is cancelled on SIGINT or SIGTERM.
+func SignalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// WriteAddrFile writes the bound addresses as JSON when path is set.
+func WriteAddrFile(path string, addrs map[string]string) error {
+	if path == "" {
+		return nil
+	}
+	data, err := json.Marshal(addrs)
+	if err != nil {
+		return fmt.Errorf("write addr file: %w", err)
+	}
+	if err := atomicfile.Write(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write addr file: %w", err)
+	}
+	return nil
+}
