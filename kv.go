@@ -166,18 +166,21 @@ func (l Limits) DecodeBatch(payload []byte) (Batch, error) {
 	if dec.More() {
 		return Batch{}, Errorf(CodeInvalidJSON, "batch: trailing data after the JSON object")
 	}
+	// From here on a refused batch still reports its seq, so that the
+	// device can match the status/error to the batch.
+	refused := Batch{Seq: b.Seq}
 	if b.Seq == 0 {
-		return Batch{}, Errorf(CodeInvalidBatch, "batch: seq must be a positive integer")
+		return refused, Errorf(CodeInvalidBatch, "batch: seq must be a positive integer")
 	}
 	if len(b.Ops) == 0 {
-		return Batch{}, Errorf(CodeInvalidBatch, "batch: ops is empty")
+		return refused, Errorf(CodeInvalidBatch, "batch: ops is empty")
 	}
 	if len(b.Ops) > l.MaxOps {
-		return Batch{}, Errorf(CodeTooLarge, "batch has %d ops, the limit is %d", len(b.Ops), l.MaxOps)
+		return refused, Errorf(CodeTooLarge, "batch has %d ops, the limit is %d", len(b.Ops), l.MaxOps)
 	}
 	for i, op := range b.Ops {
 		if err := l.ValidateOp(op); err != nil {
-			return Batch{}, fmt.Errorf("op %d: %w", i, err)
+			return refused, fmt.Errorf("op %d: %w", i, err)
 		}
 	}
 	return b, nil

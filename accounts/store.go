@@ -76,7 +76,7 @@ func Open(opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Store{opts: opts, log: opts.Logger, workers: make(chan struct{}, opts.Workers)}
-	dummy, err := bcrypt.GenerateFromPassword([]byte(opts.Path), MinCost)
+	dummy, err := bcrypt.GenerateFromPassword([]byte("no such account"), MinCost)
 	if err != nil {
 		return nil, fmt.Errorf("accounts: %w", err)
 	}

@@ -216,10 +216,18 @@ func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
 	}
 }
 
+// reasonCode maps a refusal to a v5 PUBACK reason code.
+//
+// Deliberate difference from SPEC: a batch over a limit gets 0x97 (quota
+// exceeded), not 0x95. 0x95 is not a valid PUBACK reason code (MQTT 5
+// §3.4.2.1 allows 0x00 0x10 0x80 0x83 0x87 0x90 0x91 0x97 0x99), and MQTT.js
+// treats it as a protocol error and drops the connection, so the batch would
+// be sent again forever. A packet above the maximum packet size still gets
+// DISCONNECT 0x95 from mochi, where 0x95 is valid. See README "Limits".
 func reasonCode(code string) packets.Code {
 	switch code {
 	case iotkv.CodeTooLarge:
-		return packets.ErrPacketTooLarge
+		return packets.ErrQuotaExceeded
 	case iotkv.CodeNotAuthorized:
 		return packets.ErrNotAuthorized
 	case iotkv.CodeRateLimited:
