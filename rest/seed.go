@@ -15,7 +15,7 @@ import (
 func text(w http.ResponseWriter, status int, body string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(body + "\n"))
+	_, _ = w.Write([]byte(body))
 }
 
 func (h *edgeHandler) seedKey(w http.ResponseWriter, r *http.Request, write bool) (device, key string, ok bool) {
