@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -53,9 +54,13 @@ type Store struct {
 	cache    map[[32]byte]struct{}
 }
 
+// fileStamp identifies a version of the file. The inode is part of it
+// because Save replaces the file by rename: a change that keeps the size
+// and lands in the same mtime tick still gets a new inode.
 type fileStamp struct {
 	size    int64
 	modTime time.Time
+	inode   uint64
 }
 
 // Open loads the accounts file.
@@ -96,6 +101,9 @@ func (s *Store) Reload() (bool, error) {
 		return false, fmt.Errorf("stat accounts %s: %w", s.opts.Path, err)
 	}
 	stamp := fileStamp{size: st.Size(), modTime: st.ModTime()}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		stamp.inode = sys.Ino
+	}
 	s.mu.RLock()
 	same := s.accounts != nil && stamp == s.stamp
 	s.mu.RUnlock()

@@ -222,7 +222,9 @@ func (e *Edge) Ready() error {
 // committed runs in the committer's goroutine after each durable group.
 func (e *Edge) committed(c committed) {
 	for dev, seq := range c.acks {
-		e.publishAck(dev, seq)
+		if seq > 0 { // 0: only REST writes so far; the device has nothing to learn
+			e.publishAck(dev, seq)
+		}
 	}
 }
 
