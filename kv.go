@@ -109,6 +109,11 @@ func (l Limits) ValidateValue(v []byte) error {
 	if len(bytes.TrimSpace(v)) == 0 {
 		return Errorf(CodeInvalidValue, "value is empty")
 	}
+	// json.Valid accepts invalid UTF-8 inside strings; such a value would
+	// be stored as is and served as invalid JSON text.
+	if !utf8.Valid(v) {
+		return Errorf(CodeInvalidValue, "value is not valid UTF-8")
+	}
 	if d := jsonDepth(v); d > l.MaxDepth {
 		return Errorf(CodeInvalidValue, "value nests deeper than %d levels", l.MaxDepth)
 	}
@@ -154,6 +159,11 @@ func (l Limits) DecodeBatch(payload []byte) (Batch, error) {
 	var b Batch
 	if len(payload) > l.MaxBatchBytes {
 		return b, Errorf(CodeTooLarge, "batch is %d bytes, the limit is %d", len(payload), l.MaxBatchBytes)
+	}
+	// encoding/json would silently turn invalid UTF-8 in a key into U+FFFD
+	// and store the device's write under a key it never sent.
+	if !utf8.Valid(payload) {
+		return b, Errorf(CodeInvalidJSON, "batch is not valid UTF-8")
 	}
 	if d := jsonDepth(payload); d > l.MaxDepth+3 {
 		return b, Errorf(CodeInvalidValue, "batch nests deeper than %d levels", l.MaxDepth+3)
