@@ -1,0 +1,232 @@
+package iotkv_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/iotkv/iotkv"
+)
+
+// Small limits make the fuzzer reach every limit quickly.
+var fuzzLimits = iotkv.Limits{MaxKeyBytes: 16, MaxValueBytes: 64, MaxOps: 4, MaxBatchBytes: 512, MaxDepth: 4}
+
+// FuzzDecodeBatch: a batch payload comes straight from a device. Whatever
+// it holds, DecodeBatch must not panic, must refuse with an *iotkv.Error
+// (never an internal error) and must return no ops with a refusal; what it
+// accepts must obey every rule and survive a round trip.
+func FuzzDecodeBatch(f *testing.F) {
+	for _, s := range []string{
+		`{"seq":17,"ops":[{"op":"put","key":"temp","value":21.5,"ts":1764000000123},{"op":"del","key":"old"}]}`,
+		`{"seq":1,"ops":[{"op":"put","key":"a/b","value":{"x":[1,2,{"y":null}]}}]}`,
+		`{"seq":0,"ops":[{"op":"del","key":"k"}]}`,
+		`{"seq":2,"ops":[]}`,
+		`{"seq":3,"ops":[{"op":"put","key":"/abs","value":1}]}`,
+		`{"seq":3,"ops":[{"op":"put","key":"k\u0000","value":1}]}`,
+		`{"seq":3,"ops":[{"op":"put","key":"k","value":[[[[[[[[1]]]]]]]]}]}`,
+		`{"seq":3,"ops":[{"op":"del","key":"k","value":1}]}`,
+		`{"seq":3,"ops":[{"op":"zap","key":"k"}]}`,
+		`{"seq":3,"ops":[{"op":"put","key":"k","value":1}]} {"seq":4}`,
+		`{"seq":-1,"ops":[{"op":"del","key":"k"}]}`,
+		`{"seq":18446744073709551616,"ops":[{"op":"del","key":"k"}]}`,
+		`{"seq":3,"ops":[{"op":"put","key":"k","value":"\ud800"}]}`,
+		`{"seq":3,"extra":1,"ops":[{"op":"del","key":"k"}]}`,
+		"{\"seq\":3,\"ops\":[{\"op\":\"del\",\"key\":\"\xff\"}]}",
+		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[`,
+		`null`, ``, `{}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		b, err := fuzzLimits.DecodeBatch(payload)
+		if err != nil {
+			var ie *iotkv.Error
+			if !errors.As(err, &ie) || ie.Code == iotkv.CodeInternal {
+				t.Fatalf("refusal is not a coded *iotkv.Error: %v", err)
+			}
+			if len(b.Ops) != 0 {
+				t.Fatalf("a refused batch returned %d ops", len(b.Ops))
+			}
+			return
+		}
+		if !utf8.Valid(payload) {
+			t.Fatalf("accepted a batch that is not valid UTF-8: %q", payload)
+		}
+		if len(payload) > fuzzLimits.MaxBatchBytes {
+			t.Fatalf("accepted a %d-byte batch over the %d-byte limit", len(payload), fuzzLimits.MaxBatchBytes)
+		}
+		if b.Seq == 0 || len(b.Ops) == 0 || len(b.Ops) > fuzzLimits.MaxOps {
+			t.Fatalf("accepted seq %d with %d ops", b.Seq, len(b.Ops))
+		}
+		for i, op := range b.Ops {
+			checkAcceptedKey(t, op.Key)
+			switch op.Op {
+			case iotkv.OpPut:
+				checkAcceptedValue(t, op.Value)
+			case iotkv.OpDel:
+				if op.Value != nil {
+					t.Fatalf("op %d: del with a value", i)
+				}
+			default:
+				t.Fatalf("op %d: accepted op %q", i, op.Op)
+			}
+		}
+		again, err := json.Marshal(b)
+		if err != nil {
+			t.Fatalf("re-encode accepted batch: %v", err)
+		}
+		b2, err := fuzzLimits.WithDefaults().DecodeBatch(again)
+		if err != nil {
+			t.Fatalf("re-encoded batch refused: %v\n%s", err, again)
+		}
+		if b2.Seq != b.Seq || len(b2.Ops) != len(b.Ops) {
+			t.Fatalf("round trip changed the batch: %+v vs %+v", b, b2)
+		}
+	})
+}
+
+// FuzzValidateKey: an accepted key is what SPEC allows and nothing more,
+// holds no NUL (the store's separator) and round-trips through its topic.
+func FuzzValidateKey(f *testing.F) {
+	for _, s := range []string{"temp", "a/b/c", "/lead", "", "k\x00", "k\x7f", "k\u0085", "\xff\xfe", "ünï/cødé", "a+b#c", strings.Repeat("k", 17), "../../etc/passwd"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		if err := fuzzLimits.ValidateKey(key); err != nil {
+			if iotkv.CodeOf(err) != iotkv.CodeInvalidKey {
+				t.Fatalf("key refused with code %q, want %q", iotkv.CodeOf(err), iotkv.CodeInvalidKey)
+			}
+			return
+		}
+		checkAcceptedKey(t, key)
+		tp, ok := iotkv.ParseDeviceTopic(iotkv.KVTopic("dev-1", key))
+		if !ok || tp.Device != "dev-1" || tp.Kind != iotkv.TopicKV || tp.Key != key {
+			t.Fatalf("KVTopic(dev-1, %q) parses back as %+v, %v", key, tp, ok)
+		}
+	})
+}
+
+// FuzzValidateValue: an accepted value is one JSON value within the size
+// and nesting limits.
+func FuzzValidateValue(f *testing.F) {
+	for _, s := range []string{`1`, `"s"`, `{"a":[1,{"b":null}]}`, `[[[[[1]]]]]`, `"[[[[[[["`, `{"a":"\"[[[[[["}`, ` `, `1 2`, `tru`, "\"\xff\"", `"\ud800"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		if err := fuzzLimits.ValidateValue(v); err != nil {
+			if c := iotkv.CodeOf(err); c != iotkv.CodeInvalidValue && c != iotkv.CodeTooLarge {
+				t.Fatalf("value refused with code %q", c)
+			}
+			return
+		}
+		checkAcceptedValue(t, v)
+	})
+}
+
+// FuzzParseDeviceTopic: a parsed topic names a valid device, and the kinds
+// the edge acts on are exactly the topics SPEC lists.
+func FuzzParseDeviceTopic(f *testing.F) {
+	for _, s := range []string{
+		"iotkv/v1/devices/d1/batch", "iotkv/v1/devices/d1/kv/a/b", "iotkv/v1/devices/d1/status/ack",
+		"iotkv/v1/devices/d1/status/error", "iotkv/v1/devices/d1/status", "iotkv/v1/devices/../batch",
+		"iotkv/v1/devices/+/batch", "iotkv/v1/devices/#", "iotkv/v1/devices//batch", "iotkv/v1/devices/d1",
+		"iotkv/v1/backup/e1/x", "$SYS/broker", "iotkv/v1/devices/d1/kv/", "iotkv/v1/devices/d1/batch/x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, topic string) {
+		tp, ok := iotkv.ParseDeviceTopic(topic)
+		if !ok {
+			return
+		}
+		if err := iotkv.ValidateName(tp.Device); err != nil {
+			t.Fatalf("parsed an invalid device %q from %q", tp.Device, topic)
+		}
+		if !strings.HasPrefix(topic, iotkv.DeviceNamespace(tp.Device)) {
+			t.Fatalf("%q is not under the namespace of %q", topic, tp.Device)
+		}
+		var want string
+		switch tp.Kind {
+		case iotkv.TopicBatch:
+			want = iotkv.BatchTopic(tp.Device)
+		case iotkv.TopicKV:
+			want = iotkv.KVTopic(tp.Device, tp.Key)
+		case iotkv.TopicAck:
+			want = iotkv.AckTopic(tp.Device)
+		case iotkv.TopicError:
+			want = iotkv.ErrorTopic(tp.Device)
+		case "":
+			return
+		default:
+			t.Fatalf("unknown kind %q", tp.Kind)
+		}
+		if want != topic {
+			t.Fatalf("%q parsed as %+v, which names %q", topic, tp, want)
+		}
+	})
+}
+
+// FuzzValidateName: names become file names and topic levels, so an
+// accepted name can never step out of a directory or span topic levels.
+func FuzzValidateName(f *testing.F) {
+	for _, s := range []string{"dev-1", "a.b_c", ".", "..", "...", "a/b", "a\\b", "a\x00", "+", "#", strings.Repeat("x", 129), "ünï"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		if iotkv.ValidateName(name) != nil {
+			return
+		}
+		if len(name) == 0 || len(name) > 128 || name == "." || name == ".." ||
+			strings.ContainsAny(name, "/\\\x00+#$ ") || filepath.Base(name) != name ||
+			filepath.Join("/data", name) != "/data/"+name {
+			t.Fatalf("accepted unsafe name %q", name)
+		}
+	})
+}
+
+func checkAcceptedKey(t *testing.T, key string) {
+	t.Helper()
+	if key == "" || len(key) > fuzzLimits.MaxKeyBytes || !utf8.ValidString(key) || key[0] == '/' || strings.IndexByte(key, 0) >= 0 {
+		t.Fatalf("accepted key %q", key)
+	}
+	for _, r := range key {
+		if unicode.IsControl(r) {
+			t.Fatalf("accepted key %q with control character %U", key, r)
+		}
+	}
+}
+
+func checkAcceptedValue(t *testing.T, v []byte) {
+	t.Helper()
+	if len(v) > fuzzLimits.MaxValueBytes || !json.Valid(v) || !utf8.Valid(v) {
+		t.Fatalf("accepted value %q", v)
+	}
+	if d := nesting(v); d > fuzzLimits.MaxDepth {
+		t.Fatalf("accepted value nesting %d levels (limit %d): %s", d, fuzzLimits.MaxDepth, v)
+	}
+}
+
+// nesting measures depth with the real decoder, independently of the
+// scanner the package uses.
+func nesting(v []byte) int {
+	dec := json.NewDecoder(bytes.NewReader(v))
+	depth, deepest := 0, 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return deepest
+		}
+		switch tok {
+		case json.Delim('['), json.Delim('{'):
+			depth++
+			deepest = max(deepest, depth)
+		case json.Delim(']'), json.Delim('}'):
+			depth--
+		}
+	}
+}
