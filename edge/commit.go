@@ -39,8 +39,9 @@ type commitResult struct {
 
 // committed is what one group commit made durable, for the observers.
 type committed struct {
-	changes []Change
-	acks    map[string]uint64 // device -> last applied seq, for status/ack
+	changes  []Change
+	acks     map[string]uint64 // device -> last applied seq, for status/ack
+	logBytes int64             // bytes the changes take in the change log
 }
 
 // committer is the single goroutine that owns the write path: it takes the
@@ -153,6 +154,7 @@ func (c *committer) commitGroup(group []*writeReq) {
 	cseq := c.cseq
 	var changes []Change
 	var nops int
+	var logBytes int64
 	for i, r := range group {
 		last := max(c.lastSeq[r.device], pending[r.device])
 		if r.refused != nil {
@@ -184,6 +186,7 @@ func (c *committer) commitGroup(group []*writeReq) {
 			}
 			enc, _ := json.Marshal(ch)
 			_ = batch.Set(changeKey(cseq), enc, nil)
+			logBytes += int64(len(enc))
 			changes = append(changes, ch)
 		}
 		results[i].records = recs
@@ -220,7 +223,7 @@ func (c *committer) commitGroup(group []*writeReq) {
 		r.done(results[i])
 	}
 	if c.onCommit != nil {
-		c.onCommit(committed{changes: changes, acks: pending})
+		c.onCommit(committed{changes: changes, acks: pending, logBytes: logBytes})
 	}
 }
 

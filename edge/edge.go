@@ -4,7 +4,8 @@
 // wiring of the embedded broker and the REST API.
 //
 // Goroutines and their owners: the committer's loop (commit.go, stopped by
-// Close after the broker stops accepting), the accounts watcher (stopped by
+// Close after the broker stops accepting), the backup loop (backup.go,
+// stopped by Close after the committer and before the broker), the accounts watcher (stopped by
 // Close through its context), and those of the broker and the REST server
 // (stopped by their Close). Lock order: committer.mu is never held while
 // calling out.
@@ -33,10 +34,10 @@ import (
 
 // Options configure an edge. Zero values take the documented defaults.
 type Options struct {
-	ID       string     // required; also the certificate name
-	DataDir  string     // required: the Pebble directory
+	ID       string      // required; also the certificate name
+	DataDir  string      // required: the Pebble directory
 	TLSFiles certs.Paths // required: CA, certificate and key
-	Accounts string     // required: the accounts file (reloaded on change)
+	Accounts string      // required: the accounts file (reloaded on change)
 
 	MQTTAddr string // default ":8883"
 	HTTPAddr string // default ":8443"
@@ -53,6 +54,9 @@ type Options struct {
 	AccountsPoll time.Duration
 	// AuthCacheSize bounds the verified-credential cache; -1 disables it.
 	AuthCacheSize int
+
+	// Backup bounds the change log and shapes the backup stream.
+	Backup BackupOptions
 
 	StoreFS  vfs.FS // tests inject disk faults; default the OS
 	Logger   *slog.Logger
@@ -117,6 +121,9 @@ type Edge struct {
 	c        *committer
 	broker   *broker.Broker
 	http     *rest.Server
+	backup   *backup
+
+	backupStarted bool
 
 	stopWatch context.CancelFunc
 	wg        sync.WaitGroup
@@ -149,6 +156,12 @@ func Open(opts Options) (_ *Edge, err error) {
 		return nil, err
 	}
 	reg := opts.Registry
+	e.backup, err = newBackup(opts.ID, e.store, e.log, opts.Backup, reg, func(topic string, payload []byte) error {
+		return e.broker.Publish(topic, payload, 0)
+	})
+	if err != nil {
+		return nil, err
+	}
 	e.c, err = newCommitter(e.store, e.log, reg, e.committed)
 	if err != nil {
 		return nil, err
@@ -169,6 +182,11 @@ func Open(opts Options) (_ *Edge, err error) {
 	}
 	if err := e.republishAcks(); err != nil {
 		return nil, err
+	}
+	for i, kind := range []string{iotkv.BackupKindRequest, iotkv.BackupKindConfirm} {
+		if err := e.broker.Subscribe(iotkv.BackupTopic(opts.ID, kind), backupSubID+i, e.backup.receive); err != nil {
+			return nil, fmt.Errorf("edge: subscribe backup %s: %w", kind, err)
+		}
 	}
 	httpTLS, err := certs.ServerConfig(opts.TLSFiles, httpAuth)
 	if err != nil {
@@ -194,6 +212,8 @@ func Open(opts Options) (_ *Edge, err error) {
 		return nil, err
 	}
 	e.http.Serve()
+	e.backup.start()
+	e.backupStarted = true
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopWatch = cancel
 	e.wg.Add(1)
@@ -226,7 +246,14 @@ func (e *Edge) committed(c committed) {
 			e.publishAck(dev, seq)
 		}
 	}
+	if e.backup != nil {
+		e.backup.committed(c)
+	}
 }
+
+// backupSubID numbers the broker's in-process subscriptions of the backup
+// stream (request, confirm).
+const backupSubID = 9100
 
 func (e *Edge) publishAck(device string, seq uint64) {
 	payload, _ := json.Marshal(iotkv.AckMessage{Seq: seq})
@@ -263,6 +290,9 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.c != nil {
 			e.c.close()
+		}
+		if e.backupStarted {
+			e.backup.close() // before the broker it publishes through
 		}
 		if e.broker != nil {
 			errs = append(errs, e.broker.Close())

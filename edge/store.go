@@ -79,17 +79,9 @@ type deviceMeta struct {
 	LastWrite int64  `json:"last_write"` // ms
 }
 
-// Change is one entry of the change log: the backup stream's unit.
-type Change struct {
-	Seq       uint64          `json:"cseq"`
-	Device    string          `json:"device"`
-	Key       string          `json:"key"`
-	Op        string          `json:"op"`
-	Value     json.RawMessage `json:"value,omitempty"`
-	TS        *int64          `json:"ts,omitempty"`
-	UpdatedAt int64           `json:"updated_at"`
-	DeviceSeq uint64          `json:"seq,omitempty"`
-}
+// Change is one entry of the change log: the backup stream's unit. The
+// type lives in the root package, which the master shares.
+type Change = iotkv.Change
 
 // Store is the edge's durable state in Pebble. Reads go straight to
 // Pebble; every write goes through the committer (commit.go), which owns
