@@ -64,9 +64,19 @@ var secRoles = []struct {
 
 func secStart(t *testing.T, mod func(*edge.Options)) *secEnv {
 	t.Helper()
+	return secStartWith(t, nil, mod)
+}
+
+// secStartWith runs setup on the PKI before the edge starts, so that the
+// accounts it adds are loaded from the start.
+func secStartWith(t *testing.T, setup func(*testenv.PKI), mod func(*edge.Options)) *secEnv {
+	t.Helper()
 	env := &secEnv{pki: testenv.NewPKI(t), log: &secLog{}}
 	for _, r := range secRoles {
 		env.pki.Identity(t, r.name, r.role)
+	}
+	if setup != nil {
+		setup(env.pki)
 	}
 	env.pki.Identity(t, "edge-1", iotkv.RoleEdge)
 	env.edge = testenv.StartEdge(t, env.pki, "edge-1", func(o *edge.Options) {
@@ -419,4 +429,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("%s's namespace holds k after the matrix: %d %s", ns, a.status, a.body)
 		}
 	}
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
