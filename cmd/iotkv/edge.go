@@ -60,6 +60,10 @@ func edgeCmd(args []string) error {
 	restoreFrom := fs.String("restore-from", "", "restore an empty data dir from this master URL first")
 	name := fs.String("name", "", "account name for --restore-from (default: the edge id)")
 	pwFile := fs.String("password-file", "", "password for --restore-from (first line; IOTKV_PASSWORD as fallback)")
+	force := fs.Bool("force", false, "with --restore-from: replace a data dir that is not empty")
+	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
+	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
+	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
 	if pos, err := cliutil.Parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -89,7 +93,7 @@ func edgeCmd(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := restoreEdge(ctx, log, *restoreFrom, *id, *name, pw, *data, paths); err != nil {
+		if err := restoreEdge(ctx, log, *restoreFrom, *id, *name, pw, *data, paths, *force); err != nil {
 			return err
 		}
 	}
@@ -98,6 +102,7 @@ func edgeCmd(args []string) error {
 		MQTTAddr: *mqttAddr, HTTPAddr: *httpAddr, RestClientCert: *restCert,
 		MaxPacketSize: uint32(*maxPacket), ConnectTimeout: *connectTimeout,
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
+		Backup: edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
 		Logger: log,
 	}.WithLimits(*maxKey, *maxValue, *maxOps))
 	if err != nil {

@@ -4,6 +4,7 @@ package atomicfile
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -11,6 +12,16 @@ import (
 // Write writes data to path: temp file in the same directory, fsync,
 // rename, fsync the directory.
 func Write(path string, data []byte, mode os.FileMode) error {
+	return WriteStream(path, mode, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteStream is Write for content too big to hold in memory: write
+// streams it into the temp file. Readers of path see the old content or
+// the whole new one, never a part.
+func WriteStream(path string, mode os.FileMode, write func(io.Writer) error) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -24,7 +35,7 @@ func Write(path string, data []byte, mode os.FileMode) error {
 		tmp.Close()
 		return fmt.Errorf("chmod %s: %w", path, err)
 	}
-	if _, err := tmp.Write(data); err != nil {
+	if err := write(tmp); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

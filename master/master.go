@@ -1,0 +1,388 @@
+// Package master is the iotkv backup master: it follows the backup stream
+// of every edge over MQTT/TLS (paho, mTLS + password, role master), keeps
+// each edge's state under DIR/{edge}/ as JSON Lines journals and an always
+// valid latest.json, and serves the state over HTTPS for restores.
+//
+// Goroutines and their owners: per edge, a worker (edgeBackup.run) that
+// owns the stream, the journal and the snapshots, and at most one merge
+// goroutine it starts and waits for; paho's goroutines per client (stopped
+// by Disconnect); the REST server's (stopped by its Close); the accounts
+// watcher. Close stops them in the order REST, paho, workers. Lock order:
+// edgeBackup.mu is a leaf lock, never held across I/O or another lock.
+package master
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/accounts"
+	"github.com/iotkv/iotkv/certs"
+	"github.com/iotkv/iotkv/rest"
+)
+
+// Edge is one edge to follow.
+type Edge struct {
+	ID   string // the edge id (its certificate name)
+	Addr string // host:port of its MQTT/TLS listener
+}
+
+// Options configure a master. Zero values take the documented defaults.
+type Options struct {
+	DataDir  string      // required
+	Name     string      // account and certificate name; default "master"
+	Password string      // required: the account's password on the edges
+	TLSFiles certs.Paths // required: CA, the master's certificate and key
+	Accounts string      // required: accounts file for the REST API
+	Edges    []Edge      // required
+
+	HTTPAddr         string        // default ":9443"
+	RestClientCert   string        // none, optional (default) or require
+	SnapshotInterval time.Duration // default 10s
+	// MaxPending bounds the keys changed since latest.json that are held
+	// in memory; reaching it starts a snapshot early. Default 100,000.
+	MaxPending   int
+	AccountsPoll time.Duration
+	Logger       *slog.Logger
+	Registry     *prometheus.Registry
+
+	// dropHook lets tests lose backup messages on purpose.
+	dropHook func(edge, kind string, payload []byte) bool
+}
+
+func (o *Options) validate() error {
+	if o.DataDir == "" {
+		return errors.New("master: data dir is required")
+	}
+	if o.Name == "" {
+		o.Name = "master"
+	}
+	if err := iotkv.ValidateName(o.Name); err != nil {
+		return fmt.Errorf("master name: %w", err)
+	}
+	if o.Password == "" {
+		return errors.New("master: a password is required")
+	}
+	if o.Accounts == "" {
+		return errors.New("master: accounts file is required")
+	}
+	if o.TLSFiles.CA == "" || o.TLSFiles.Cert == "" || o.TLSFiles.Key == "" {
+		return errors.New("master: CA, certificate and key are required")
+	}
+	if len(o.Edges) == 0 {
+		return errors.New("master: at least one edge is required")
+	}
+	seen := map[string]bool{}
+	for _, e := range o.Edges {
+		if err := iotkv.ValidateName(e.ID); err != nil {
+			return fmt.Errorf("master: edge id %q: %w", e.ID, err)
+		}
+		if seen[e.ID] {
+			return fmt.Errorf("master: edge %q given twice", e.ID)
+		}
+		seen[e.ID] = true
+		if e.Addr == "" {
+			return fmt.Errorf("master: edge %q has no address", e.ID)
+		}
+	}
+	if o.HTTPAddr == "" {
+		o.HTTPAddr = ":9443"
+	}
+	if o.SnapshotInterval <= 0 {
+		o.SnapshotInterval = 10 * time.Second
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = 100_000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	return nil
+}
+
+// Master is a running backup master.
+type Master struct {
+	opts     Options
+	log      *slog.Logger
+	edges    map[string]*edgeBackup
+	order    []string
+	accounts *accounts.Store
+	http     *rest.Server
+
+	stopWatch context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open recovers every edge's state from DataDir, starts following the
+// edges and serves REST. It returns once the HTTPS listener is bound; the
+// MQTT connections are made (and remade) in the background.
+func Open(opts Options) (_ *Master, err error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), edges: map[string]*edgeBackup{}}
+	defer func() {
+		if err != nil {
+			_ = m.Close(context.Background())
+		}
+	}()
+	if err := os.MkdirAll(opts.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("master: %w", err)
+	}
+	met, err := newMetrics(opts.Registry)
+	if err != nil {
+		return nil, err
+	}
+	clientTLS, err := certs.ClientConfig(opts.TLSFiles)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range opts.Edges {
+		eb, err := newEdgeBackup(e.ID, e.Addr, &m.opts, met)
+		if err != nil {
+			return nil, err
+		}
+		m.edges[e.ID] = eb
+		m.order = append(m.order, e.ID)
+	}
+	for _, id := range m.order {
+		eb := m.edges[id]
+		go eb.run()
+		eb.client = m.connect(eb, clientTLS.Clone())
+	}
+	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, Logger: m.log})
+	if err != nil {
+		return nil, err
+	}
+	auth, err := rest.NewAuthenticator(m.accounts, nil, opts.Registry)
+	if err != nil {
+		return nil, err
+	}
+	httpMetrics, err := rest.NewMetrics(opts.Registry)
+	if err != nil {
+		return nil, err
+	}
+	clientAuth := tls.VerifyClientCertIfGiven
+	switch opts.RestClientCert {
+	case "none":
+		clientAuth = tls.NoClientCert
+	case "require":
+		clientAuth = tls.RequireAndVerifyClientCert
+	}
+	httpTLS, err := certs.ServerConfig(opts.TLSFiles, clientAuth)
+	if err != nil {
+		return nil, err
+	}
+	m.http, err = rest.Listen(opts.HTTPAddr, httpTLS, m.handler(auth, httpMetrics), m.log)
+	if err != nil {
+		return nil, err
+	}
+	m.http.Serve()
+	ctx, cancel := context.WithCancel(context.Background())
+	m.stopWatch = cancel
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.accounts.Watch(ctx)
+	}()
+	m.log.Info("listening", "https", m.HTTPAddr(), "data", opts.DataDir, "edges", len(opts.Edges))
+	return m, nil
+}
+
+// connect starts a paho client that reconnects forever; each (re)connect
+// subscribes and asks the edge for everything after our seq.
+func (m *Master) connect(eb *edgeBackup, tc *tls.Config) paho.Client {
+	o := paho.NewClientOptions()
+	o.AddBroker("tls://" + eb.addr)
+	o.SetClientID(m.opts.Name + "-" + eb.id)
+	o.SetUsername(m.opts.Name)
+	o.SetPassword(m.opts.Password)
+	o.SetTLSConfig(tc)
+	o.SetCleanSession(true)
+	o.SetKeepAlive(10 * time.Second)
+	o.SetPingTimeout(5 * time.Second)
+	o.SetConnectTimeout(10 * time.Second)
+	o.SetWriteTimeout(10 * time.Second)
+	o.SetAutoReconnect(true)
+	o.SetConnectRetry(true)
+	o.SetConnectRetryInterval(time.Second)
+	o.SetMaxReconnectInterval(2 * time.Second)
+	o.SetOrderMatters(true) // the handler only hands over to the worker
+	handler := func(_ paho.Client, msg paho.Message) {
+		_, kind, ok := iotkv.ParseBackupTopic(msg.Topic())
+		if !ok {
+			return
+		}
+		eb.deliver(event{kind: kind, payload: msg.Payload()})
+	}
+	o.SetOnConnectHandler(func(c paho.Client) {
+		filters := map[string]byte{}
+		for _, k := range []string{iotkv.BackupKindChanges, iotkv.BackupKindSnapshot, iotkv.BackupKindHello} {
+			filters[iotkv.BackupTopic(eb.id, k)] = 1
+		}
+		tok := c.SubscribeMultiple(filters, handler)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			eb.log.Error("backup subscribe failed; reconnecting", "err", tok.Error())
+			return
+		}
+		eb.log.Info("connected to edge", "addr", eb.addr)
+		eb.deliver(event{kind: "connected"})
+	})
+	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
+		eb.log.Warn("connection to edge lost", "addr", eb.addr, "err", err)
+		eb.deliver(event{kind: "lost"})
+	})
+	c := paho.NewClient(o)
+	c.Connect() // with ConnectRetry it keeps trying in the background
+	return c
+}
+
+// HTTPAddr is the bound HTTPS address.
+func (m *Master) HTTPAddr() string { return m.http.Addr() }
+
+// Status lists every edge's backup.
+func (m *Master) Status() []Status {
+	out := make([]Status, 0, len(m.order))
+	for _, id := range m.order {
+		out = append(out, m.edges[id].status())
+	}
+	return out
+}
+
+// Ready reports whether every edge has been reached at least once.
+func (m *Master) Ready() error {
+	for _, id := range m.order {
+		if !m.edges[id].status().Connected {
+			return fmt.Errorf("edge %s is not connected", id)
+		}
+	}
+	return nil
+}
+
+// Close stops REST, disconnects from the edges, journals what is in
+// flight, writes a final latest.json where something changed, and waits for
+// every goroutine. Safe to call twice.
+func (m *Master) Close(ctx context.Context) error {
+	m.closeOnce.Do(func() {
+		var errs []error
+		if m.http != nil {
+			errs = append(errs, m.http.Close(ctx))
+		}
+		for _, id := range m.order {
+			if c := m.edges[id].client; c != nil {
+				c.Disconnect(250)
+			}
+		}
+		for _, id := range m.order {
+			eb := m.edges[id]
+			close(eb.stop)
+			if eb.client != nil {
+				<-eb.done
+			}
+		}
+		if m.stopWatch != nil {
+			m.stopWatch()
+		}
+		m.wg.Wait()
+		m.closeErr = errors.Join(errs...)
+	})
+	return m.closeErr
+}
+
+func (m *Master) handler(auth *rest.Authenticator, met *rest.Metrics) http.Handler {
+	r := chi.NewRouter()
+	r.Use(met.Middleware, rest.WithLogger(m.log))
+	rest.Common(r, m.Ready)
+	r.Group(func(r chi.Router) {
+		r.Use(auth.Middleware)
+		r.With(rest.RequireRole(iotkv.RoleAdmin)).Get("/metrics", promhttp.HandlerFor(m.opts.Registry, promhttp.HandlerOpts{}).ServeHTTP)
+		r.With(rest.RequireRole(iotkv.RoleAdmin, iotkv.RoleReader, iotkv.RoleWriter, iotkv.RoleMaster)).Get("/v1/backups", func(w http.ResponseWriter, _ *http.Request) {
+			rest.WriteJSON(w, http.StatusOK, map[string]any{"edges": m.Status()})
+		})
+		r.Get("/v1/backups/{edge}", m.getBackup)
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no route for "+r.URL.Path)
+	})
+	return r
+}
+
+// getBackup streams an edge's full state: role admin, or role edge for its
+// own id only.
+func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "edge")
+	if err := iotkv.ValidateName(id); err != nil {
+		rest.WriteError(w, http.StatusBadRequest, iotkv.CodeBadRequest, "edge: "+err.Error())
+		return
+	}
+	p, _ := rest.PrincipalFrom(r.Context())
+	if p.Role != iotkv.RoleAdmin && (p.Role != iotkv.RoleEdge || p.Name != id) {
+		rest.WriteError(w, http.StatusForbidden, iotkv.CodeNotAuthorized, "only an admin or edge "+id+" itself may read this backup")
+		return
+	}
+	eb, ok := m.edges[id]
+	if !ok {
+		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no backup of edge "+id)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err := eb.stream(w); err != nil {
+		// Headers are gone: the truncated body is invalid JSON, which
+		// the restore notices.
+		m.log.Error("backup stream failed", "edge", id, "err", err)
+	}
+}
+
+// EdgeIDs lists the followed edges in the order given.
+func (m *Master) EdgeIDs() []string { return slices.Clone(m.order) }
+
+type metrics struct {
+	applied, lagChanges                        *prometheus.GaugeVec
+	gaps, resyncs, badMessages, snapshotErrors *prometheus.CounterVec
+	requests                                   *prometheus.CounterVec
+	lag, fsync, snapshotSeconds                prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		applied:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotkv_master_applied_seq", Help: "Change seq applied and durable, per edge."}, []string{"edge"}),
+		lagChanges:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotkv_master_lag_changes", Help: "Changes the edge has that the master does not (from the last hello)."}, []string{"edge"}),
+		gaps:           prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_master_gaps_total", Help: "Gaps found in the change seqs, each answered by a replay request."}, []string{"edge"}),
+		resyncs:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_master_resyncs_total", Help: "Full snapshots received (edge log trimmed past our seq, or a new incarnation)."}, []string{"edge"}),
+		badMessages:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_master_bad_messages_total", Help: "Backup messages that failed to parse or validate."}, []string{"edge"}),
+		snapshotErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_master_snapshot_errors_total", Help: "latest.json writes that failed."}, []string{"edge"}),
+		requests:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_master_requests_total", Help: "Replay requests sent, by reason."}, []string{"edge", "reason"}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotkv_master_backup_lag_seconds", Help: "From the edge's commit to the master's journal (edge clock).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotkv_master_journal_fsync_seconds", Help: "Journal flush and fsync.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		snapshotSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotkv_master_snapshot_seconds", Help: "Time to write latest.json.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+	}
+	for _, c := range []prometheus.Collector{m.applied, m.lagChanges, m.gaps, m.resyncs, m.badMessages, m.snapshotErrors, m.requests, m.lag, m.fsync, m.snapshotSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register master metrics: %w", err)
+		}
+	}
+	return m, nil
+}
