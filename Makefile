@@ -25,10 +25,13 @@ fuzz:
 	done
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 15m ./...
+	@command -v nats-server >/dev/null || test -x "$$($(GO) env GOPATH)/bin/nats-server" || $(GO) install github.com/nats-io/nats-server/v2@v2.15.2
+	$(GO) build -o bin/iotkv-bench ./bench/cmd/iotkv-bench
+	bin/iotkv-bench --out bench/results
 
 bench-quick:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 2m ./...
+	$(GO) build -o bin/iotkv-bench ./bench/cmd/iotkv-bench
+	bin/iotkv-bench --quick --out bench/results/quick
 
 smoke:
 	bash ../shared/smoke/contract.sh

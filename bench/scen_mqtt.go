@@ -1,0 +1,357 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/iotkv/iotkv"
+)
+
+const opsPerBatch = 100
+
+// batchPayload is a batch of 100 puts, ~6.5 KB, the same bytes for every
+// broker.
+func batchPayload(_ string, seq uint64) []byte {
+	b := make([]byte, 0, 7000)
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ops":[`...)
+	base := (seq % 50) * opsPerBatch
+	for i := uint64(0); i < opsPerBatch; i++ {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"op":"put","key":"sensor/`...)
+		b = strconv.AppendUint(b, base+i, 10)
+		b = append(b, `","value":{"t":21.5,"h":40.25,"n":`...)
+		b = strconv.AppendUint(b, seq, 10)
+		b = append(b, `},"ts":1764000000123}`...)
+	}
+	return append(b, "]}"...)
+}
+
+func batchTopic(dev string, _ uint64) string { return iotkv.BatchTopic(dev) }
+
+func kvTopic(dev string, seq uint64) string {
+	return "iotkv/v1/devices/" + dev + "/kv/sensor/" + strconv.FormatUint(seq%100, 10)
+}
+
+func kvPayload(_ string, seq uint64) []byte {
+	return []byte(`{"t":21.5,"h":40.25,"n":` + strconv.FormatUint(seq, 10) + `}`)
+}
+
+// mqttRun starts a server, connects the devices, runs one load per
+// in-flight level and stops it.
+type mqttRun struct {
+	name     string
+	start    func(context.Context) (*Server, error)
+	topic    func(string, uint64) string
+	payload  func(string, uint64) []byte
+	inflight []int
+	devices  []string
+	before   func(context.Context, *Server) error // e.g. NATS's durable subscriber
+	onLoad   func(context.Context, *Server)       // runs as the first load starts
+	after    func(context.Context, *Server, map[int]LoadResult)
+}
+
+func (r *Runner) runMQTT(ctx context.Context, m mqttRun) (map[int]LoadResult, *Server, error) {
+	s, err := m.start(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.Stop()
+	if m.before != nil {
+		if err := m.before(ctx, s); err != nil {
+			return nil, s, err
+		}
+	}
+	clients, err := r.ConnectAll(ctx, s.MQTT, m.devices)
+	if err != nil {
+		return nil, s, fmt.Errorf("%s: %w", m.name, err)
+	}
+	defer DisconnectAll(clients)
+	out := map[int]LoadResult{}
+	if m.onLoad != nil {
+		m.onLoad(ctx, s)
+	}
+	for _, w := range m.inflight {
+		res := Load{Clients: clients, Devices: m.devices, Topic: m.topic, Payload: m.payload, InFlight: w,
+			Warmup: r.dur(time.Second, 2*time.Second), Duration: r.dur(3*time.Second, 10*time.Second)}.Run(ctx)
+		r.Log.Info("measured", "system", m.name, "inflight", w, "msgs/s", int(res.MsgsPerS), "errors", res.Errors, "p99ms", res.P99ms)
+		out[w] = res
+		if res.Errors > 0 && res.Acked == 0 {
+			return out, s, fmt.Errorf("%s: every publish failed (%d errors): %s", m.name, res.Errors, s.Proc.Tail())
+		}
+	}
+	if m.after != nil {
+		m.after(ctx, s, out)
+	}
+	return out, s, nil
+}
+
+func (r *Runner) devices(n int) []string { return r.PKI.Devices[:n] }
+
+// scenIngest is scenario 1.
+func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
+	devs := r.devices(50)
+	const w = 16
+	sec.Row("system", "batches/s (msgs/s)", "key-ops/s", "PUBACK p50 / p99", "key-ops/s ÷ mosquitto msgs/s", "÷ raw Pebble keys/s")
+	var applied atomic.Int64
+	edge := mqttRun{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) },
+		topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs,
+		after: func(ctx context.Context, s *Server, _ map[int]LoadResult) {
+			n, err := r.appliedSeqs(ctx, s)
+			if err != nil {
+				sec.Note("could not read /v1/devices after the run: %v", err)
+			}
+			applied.Store(n)
+		}}
+	res := map[string]LoadResult{}
+	var edgeSrv *Server
+	for _, m := range []mqttRun{
+		edge,
+		{name: "mosquitto", start: r.StartMosquitto, topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs},
+		{name: "bare mochi", start: r.StartMochi, topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs},
+	} {
+		out, s, err := r.runMQTT(ctx, m)
+		if errors.Is(err, ErrSkip) {
+			sec.Note("%s baseline skipped: %v", m.name, err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if m.name == "iotkv edge" {
+			edgeSrv = s
+		}
+		res[m.name] = out[w]
+	}
+	pk, err := r.rawPebble(ctx, 50, r.dur(3*time.Second, 10*time.Second))
+	if err != nil {
+		return err
+	}
+	e, mq := res["iotkv edge"], res["mosquitto"]
+	edgeOps := e.MsgsPerS * opsPerBatch
+	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
+		v, ok := res[name]
+		if !ok {
+			continue
+		}
+		ops := "– (not a store)"
+		if name == "iotkv edge" {
+			ops = fmtRate(edgeOps)
+		}
+		sec.Row(name, fmtRate(v.MsgsPerS), ops, fmt.Sprintf("%.1f / %.1f ms", v.P50ms, v.P99ms),
+			fmt.Sprintf("%.2f×", ratio(v.MsgsPerS*opsPerBatch, mq.MsgsPerS)), fmt.Sprintf("%.2f×", ratio(v.MsgsPerS*opsPerBatch, pk)))
+	}
+	sec.Row("raw Pebble, 50 writers, Sync batches of 100", fmtRate(pk/opsPerBatch), fmtRate(pk), "–", fmt.Sprintf("%.2f×", ratio(pk, mq.MsgsPerS)), "1.00×")
+	sec.Note("Same load generator (paho.mqtt.golang, MQTT 3.1.1, mTLS, password) for every broker: 50 devices, %d batches in flight each, %d-byte batches of %d puts. mosquitto and bare mochi acknowledge from memory; the edge acknowledges after the group fsync.", w, len(batchPayload("", 1)), opsPerBatch)
+	if n := applied.Load(); n > 0 {
+		sec.Note("Check: the edge's /v1/devices reports %d batches applied for the 50 devices (the load generator sent %d, warm-up included; publishes cut off at the end may or may not have landed).", n, e.Sent)
+	}
+	if mq.MsgsPerS > 0 {
+		x := ratio(edgeOps, mq.MsgsPerS)
+		sec.Check("key-ops/s ≥ 10× mosquitto's QoS 1 msgs/s", x, x >= 10, "%.1f× (%s key-ops/s vs %s msgs/s)", x, fmtRate(edgeOps), fmtRate(mq.MsgsPerS))
+	}
+	x := ratio(edgeOps, pk)
+	sec.Check("key-ops/s ≥ 0.7× raw Pebble synced batches", x, x >= 0.7, "%.2f× (%s vs %s keys/s)", x, fmtRate(edgeOps), fmtRate(pk))
+	sec.Raw["results"] = res
+	sec.Raw["raw_pebble_keys_per_s"] = pk
+	labels, vals := []string{}, []float64{}
+	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
+		if v, ok := res[name]; ok {
+			labels, vals = append(labels, name), append(vals, v.MsgsPerS*opsPerBatch)
+		}
+	}
+	labels, vals = append(labels, "raw Pebble"), append(vals, pk)
+	r.Bars(sec, "ingest.png", "Durable ingest: ops/s (batches of 100, 50 devices)", "ops/s", labels, vals)
+	if x < 0.7 && edgeSrv != nil {
+		r.profileMissed(ctx, sec, "ingest", mqttRun{name: "iotkv edge (profiled)", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) },
+			topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs})
+	}
+	r.shared.Store("ingest_batches_per_s", e.MsgsPerS)
+	return nil
+}
+
+// appliedSeqs sums last_seq over the devices the edge has seen.
+func (r *Runner) appliedSeqs(ctx context.Context, s *Server) (int64, error) {
+	c, err := r.HTTPClient(1)
+	if err != nil {
+		return 0, err
+	}
+	var out struct {
+		Devices []struct {
+			LastSeq int64 `json:"last_seq"`
+		} `json:"devices"`
+	}
+	if _, err := GetJSON(ctx, c, "https://"+s.HTTPS+"/v1/devices", AdminName, &out); err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, d := range out.Devices {
+		n += d.LastSeq
+	}
+	return n, nil
+}
+
+// rawPebble measures synced batches of 100 keys from writers goroutines.
+func (r *Runner) rawPebble(ctx context.Context, writers int, d time.Duration) (float64, error) {
+	dir, err := os.MkdirTemp(r.Work, "pebble-")
+	if err != nil {
+		return 0, fmt.Errorf("raw pebble: %w", err)
+	}
+	db, err := pebble.Open(filepath.Join(dir, "db"), &pebble.Options{})
+	if err != nil {
+		return 0, fmt.Errorf("raw pebble: %w", err)
+	}
+	defer db.Close()
+	val := []byte(`{"t":21.5,"h":40.25,"n":123456}`)
+	var keys atomic.Int64
+	var counting atomic.Bool
+	var firstErr error
+	var once sync.Once
+	cctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var seq uint64
+			for cctx.Err() == nil {
+				b := db.NewBatch()
+				base := (seq % 50) * opsPerBatch
+				for i := uint64(0); i < opsPerBatch; i++ {
+					k := fmt.Appendf(nil, "d\x00%s\x00sensor/%d", DeviceName(w+1), base+i)
+					_ = b.Set(k, val, nil)
+				}
+				seq++
+				if err := b.Commit(pebble.Sync); err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				_ = b.Close()
+				if counting.Load() {
+					keys.Add(opsPerBatch)
+				}
+			}
+		}()
+	}
+	time.Sleep(r.dur(500*time.Millisecond, time.Second))
+	counting.Store(true)
+	t0 := time.Now()
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+	counting.Store(false)
+	secs := time.Since(t0).Seconds()
+	n := keys.Load()
+	cancel()
+	wg.Wait()
+	if firstErr != nil {
+		return 0, fmt.Errorf("raw pebble: %w", firstErr)
+	}
+	r.Log.Info("measured", "system", "raw pebble", "keys/s", int(float64(n)/secs))
+	return float64(n) / secs, nil
+}
+
+// scenKV is scenario 2.
+func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
+	devs := r.devices(50)
+	levels := []int{1, 16}
+	natsDevs := r.devices(51)
+	sub := natsDevs[50]
+	runs := []mqttRun{
+		{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) }},
+		{name: "mosquitto", start: r.StartMosquitto},
+		{name: "bare mochi", start: r.StartMochi},
+		{name: "NATS (JetStream sync always)", start: func(ctx context.Context) (*Server, error) { return r.StartNATS(ctx, natsDevs) },
+			before: func(ctx context.Context, s *Server) error {
+				// A durable QoS 1 session on the topics, so that NATS stores
+				// (and fsyncs) every message; it then disconnects.
+				c, err := r.MQTTClient(s.MQTT, sub, false)
+				if err != nil {
+					return err
+				}
+				tok := c.Subscribe("iotkv/v1/devices/#", 1, nil)
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					return fmt.Errorf("nats durable subscriber: %v", tok.Error())
+				}
+				c.Disconnect(100)
+				return nil
+			}},
+	}
+	res := map[string]map[int]LoadResult{}
+	for _, m := range runs {
+		m.topic, m.payload, m.inflight, m.devices = kvTopic, kvPayload, levels, devs
+		out, _, err := r.runMQTT(ctx, m)
+		if errors.Is(err, ErrSkip) {
+			sec.Note("%s baseline skipped: %v", m.name, err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		res[m.name] = out
+	}
+	sec.Row("system", "msgs/s, 1 in flight", "p99", "msgs/s, 16 in flight", "p99", "edge ÷ this (1 / 16)")
+	e := res["iotkv edge"]
+	for _, m := range runs {
+		v, ok := res[m.name]
+		if !ok {
+			continue
+		}
+		sec.Row(m.name, fmtRate(v[1].MsgsPerS), fmt.Sprintf("%.1f ms", v[1].P99ms), fmtRate(v[16].MsgsPerS), fmt.Sprintf("%.1f ms", v[16].P99ms),
+			fmt.Sprintf("%.2f× / %.2f×", ratio(e[1].MsgsPerS, v[1].MsgsPerS), ratio(e[16].MsgsPerS, v[16].MsgsPerS)))
+	}
+	sec.Note("Topic iotkv/v1/devices/{device}/kv/sensor/N, %d-byte JSON values, QoS 1, MQTT 3.1.1 over mTLS, 50 devices, the same paho load generator for all. mosquitto and bare mochi acknowledge from memory; the edge and NATS fsync before the PUBACK.", len(kvPayload("", 123456)))
+	for _, w := range levels {
+		if n, ok := res["NATS (JetStream sync always)"]; ok {
+			x := ratio(e[w].MsgsPerS, n[w].MsgsPerS)
+			sec.Check(fmt.Sprintf("%d in flight: ≥ 10× NATS sync-always", w), x, x >= 10, "%.1f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(n[w].MsgsPerS))
+		}
+		if mq, ok := res["mosquitto"]; ok {
+			x := ratio(e[w].MsgsPerS, mq[w].MsgsPerS)
+			sec.Check(fmt.Sprintf("%d in flight: ≥ 0.8× mosquitto", w), x, x >= 0.8, "%.2f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(mq[w].MsgsPerS))
+		}
+	}
+	sec.Raw["results"] = res
+	var labels []string
+	var vals []float64
+	for _, m := range runs {
+		if v, ok := res[m.name]; ok {
+			for _, w := range levels {
+				labels = append(labels, fmt.Sprintf("%s/%d", short(m.name), w))
+				vals = append(vals, v[w].MsgsPerS)
+			}
+		}
+	}
+	r.Bars(sec, "kv.png", "Single-op QoS 1 msgs/s (50 devices; name/in-flight)", "msgs/s", labels, vals)
+	if mq, ok := res["mosquitto"]; ok && ratio(e[16].MsgsPerS, mq[16].MsgsPerS) < 0.8 {
+		r.profileMissed(ctx, sec, "kv", mqttRun{name: "iotkv edge (profiled)", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) },
+			topic: kvTopic, payload: kvPayload, inflight: []int{16}, devices: devs})
+	}
+	r.shared.Store("kv16_msgs_per_s", e[16].MsgsPerS)
+	return nil
+}
+
+func short(name string) string {
+	switch name {
+	case "iotkv edge":
+		return "edge"
+	case "NATS (JetStream sync always)":
+		return "nats"
+	case "bare mochi":
+		return "mochi"
+	}
+	return name
+}

@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iotkv/iotkv"
+)
+
+// fillPayload is a batch of 100 puts of fresh keys k/00000000...
+func fillPayload(seq uint64) []byte {
+	b := make([]byte, 0, 6000)
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ops":[`...)
+	for i := uint64(0); i < opsPerBatch; i++ {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"op":"put","key":"`...)
+		b = append(b, fillKey((seq-1)*opsPerBatch+i)...)
+		b = append(b, `","value":{"t":21.5,"h":40.25,"n":`...)
+		b = strconv.AppendUint(b, seq, 10)
+		b = append(b, `}}`...)
+	}
+	return append(b, "]}"...)
+}
+
+func fillKey(i uint64) string { return fmt.Sprintf("k/%08d", i) }
+
+// fill publishes batches from every client until each device has written
+// perDevice keys; seqs continue from *seqs.
+func fill(ctx context.Context, clients []paho.Client, devs []string, seqs []uint64, perDevice uint64) error {
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i, c := range clients {
+		dev := devs[i]
+		var mu sync.Mutex
+		last := perDevice / opsPerBatch
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					mu.Lock()
+					if seqs[i] >= last {
+						mu.Unlock()
+						return
+					}
+					seqs[i]++
+					s := seqs[i]
+					tok := c.Publish(iotkv.BatchTopic(dev), 1, false, fillPayload(s))
+					mu.Unlock()
+					if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
+						failed.Add(1)
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("fill: %d publishes failed", n)
+	}
+	return ctx.Err()
+}
+
+type scalePoint struct {
+	Keys      uint64  `json:"keys"`
+	FillSecs  float64 `json:"fill_seconds"`
+	RSS       int64   `json:"rss_bytes"`
+	ReqPerS   float64 `json:"get_req_per_s"`
+	P50ms     float64 `json:"get_p50_ms"`
+	P99ms     float64 `json:"get_p99_ms"`
+	DataBytes int64   `json:"data_bytes"`
+}
+
+// readLatency GETs random stored keys from 16 goroutines for d.
+func (r *Runner) readLatency(ctx context.Context, s *Server, devs []string, perDevice uint64, d time.Duration) (float64, *Hist, error) {
+	hc, err := r.HTTPClient(16)
+	if err != nil {
+		return 0, nil, err
+	}
+	h := NewHist()
+	var n, bad atomic.Int64
+	end := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && ctx.Err() == nil {
+				dev := devs[rand.IntN(len(devs))]
+				url := "https://" + s.HTTPS + "/v1/kv/" + dev + "/" + fillKey(rand.Uint64N(perDevice))
+				t0 := time.Now()
+				code, err := GetJSON(ctx, hc, url, ReaderName, nil)
+				if err != nil || code != 200 {
+					bad.Add(1)
+					continue
+				}
+				h.Add(time.Since(t0))
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if b := bad.Load(); b > 0 {
+		return 0, h, fmt.Errorf("read latency: %d GETs failed or missed", b)
+	}
+	return float64(n.Load()) / d.Seconds(), h, nil
+}
+
+// scenScale is scenario 8.
+func (r *Runner) scenScale(ctx context.Context, sec *Section) error {
+	e, err := r.StartEdge(ctx, "", 0)
+	if err != nil {
+		return err
+	}
+	defer e.Stop()
+	devs := r.devices(50)
+	clients, err := r.ConnectAll(ctx, e.MQTT, devs)
+	if err != nil {
+		return err
+	}
+	defer DisconnectAll(clients)
+	seqs := make([]uint64, len(devs))
+	sizes := []uint64{10_000, 1_000_000}
+	if !r.Quick {
+		sizes = append(sizes, 5_000_000)
+	}
+	var points []scalePoint
+	d := r.dur(2*time.Second, 5*time.Second)
+	for _, total := range sizes {
+		t0 := time.Now()
+		per := total / uint64(len(devs))
+		if err := fill(ctx, clients, devs, seqs, per); err != nil {
+			return err
+		}
+		p := scalePoint{Keys: total, FillSecs: time.Since(t0).Seconds()}
+		time.Sleep(time.Second) // let flushes settle
+		var h *Hist
+		if p.ReqPerS, h, err = r.readLatency(ctx, e, devs, per, d); err != nil {
+			return err
+		}
+		p.P50ms, p.P99ms, p.RSS, p.DataBytes = h.Quantile(0.5), h.Quantile(0.99), e.Mem().RSS, dirSize(e.Data)
+		points = append(points, p)
+		r.Log.Info("scale point", "keys", total, "rss", fmtMiB(p.RSS), "p99", p.P99ms, "fill s", p.FillSecs)
+	}
+	base := points[0]
+	sec.Row("keys stored", "loaded in", "edge RSS", "data on disk", "GET req/s (16 conns)", "GET p50 / p99", "p99 ÷ 10k-key p99", "RSS ÷ 10k-key RSS")
+	for _, p := range points {
+		sec.Row(fmt.Sprint(p.Keys), fmt.Sprintf("%.1f s", p.FillSecs), fmtMiB(p.RSS), fmtMiB(p.DataBytes), fmtRate(p.ReqPerS),
+			fmt.Sprintf("%.2f / %.2f ms", p.P50ms, p.P99ms), fmt.Sprintf("%.2f×", ratio(p.P99ms, base.P99ms)), fmt.Sprintf("%.2f×", ratio(float64(p.RSS), float64(base.RSS))))
+	}
+	sec.Note("Keys written by 50 devices over MQTT (batches of 100, 8 in flight each) into one edge; reads are GETs of random stored keys as a cost-12 reader (cached credentials), 16 keep-alive connections. Baseline: the same edge with 10,000 keys.")
+	if !r.Quick {
+		sec.Note("5M keys runs in the full bench only.")
+	}
+	sec.Raw["points"] = points
+	var xs, rss, p99 []float64
+	for _, p := range points {
+		xs, rss, p99 = append(xs, float64(p.Keys)), append(rss, float64(p.RSS)/(1<<20)), append(p99, p.P99ms)
+	}
+	r.Lines(sec, "scale-rss.png", "Edge RSS vs keys stored", "keys (log)", "MiB", true, XY{Name: "RSS", X: xs, Y: rss})
+	r.Lines(sec, "scale-latency.png", "GET p99 vs keys stored", "keys (log)", "ms", true, XY{Name: "p99", X: xs, Y: p99})
+	r.shared.Store("scale_last_data", e.Data)
+	return nil
+}
