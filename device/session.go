@@ -30,7 +30,7 @@ const (
 	evAck        evKind = iota // status/ack
 	evError                    // status/error
 	evProbe                    // our probe came back
-	evUp                       // a dial succeeded: connected, subscribed, probe sent
+	evUp                       // a dial succeeded: connected and subscribed
 	evDialFailed               // a dial failed
 	evLost                     // a session's connection was lost
 )
@@ -158,7 +158,12 @@ func (c *Client) handle(s *runState, e event) {
 			return
 		}
 		s.dialing = false
-		s.sess, s.sessGen, s.nonce, s.sessStart, s.inSync = e.client, e.gen, e.nonce, time.Now(), false
+		nonce := make([]byte, 8)
+		_, _ = rand.Read(nonce)
+		s.sess, s.sessGen, s.nonce, s.sessStart, s.inSync = e.client, e.gen, hex.EncodeToString(nonce), time.Now(), false
+		// Published here, after the session is known, so that the echo
+		// cannot be handled before it.
+		s.sess.Publish(iotkv.DeviceNamespace(c.opts.Name)+probeSuffix, 1, false, s.nonce)
 	case evDialFailed:
 		if e.gen != s.gen {
 			return
@@ -345,8 +350,8 @@ func (c *Client) shutdown(s *runState) {
 	c.connected.Store(false)
 }
 
-// dial connects, subscribes to the status topics and the probe, and sends
-// the probe. It reports the outcome as an event.
+// dial connects and subscribes to the status topics and the probe. It
+// reports the outcome as an event.
 func (c *Client) dial(s *runState, gen uint64) {
 	defer s.dials.Done()
 	ns := iotkv.DeviceNamespace(c.opts.Name)
@@ -381,14 +386,7 @@ func (c *Client) dial(s *runState, gen uint64) {
 		fail("subscribe at", err)
 		return
 	}
-	nonce := make([]byte, 8)
-	_, _ = rand.Read(nonce)
-	n := hex.EncodeToString(nonce)
-	if err := c.wait(cl.Publish(ns+probeSuffix, 1, false, n)); err != nil {
-		fail("probe", err)
-		return
-	}
-	c.push(event{kind: evUp, gen: gen, client: cl, nonce: n})
+	c.push(event{kind: evUp, gen: gen, client: cl})
 }
 
 // wait waits for a paho token, the connect timeout or Close.
