@@ -27,7 +27,19 @@ type hook struct {
 func (h *hook) ID() string { return "iotkv" }
 
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
+}
+
+// OnPacketEncode advertises the maximum packet size in a v5 CONNACK,
+// which mochi does not do: without it a client cannot know the limit, and
+// a packet above it only gets the connection closed (mochi sends no
+// DISCONNECT 0x95), so the client would send the same batch again on every
+// reconnect.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.Properties.MaximumPacketSize == 0 {
+		pk.Properties.MaximumPacketSize = h.b.opts.MaxPacketSize
+	}
+	return pk
 }
 
 // OnConnect caps the keepalive (0 would disable mochi's read deadline) and
@@ -222,8 +234,10 @@ func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
 // exceeded), not 0x95. 0x95 is not a valid PUBACK reason code (MQTT 5
 // §3.4.2.1 allows 0x00 0x10 0x80 0x83 0x87 0x90 0x91 0x97 0x99), and MQTT.js
 // treats it as a protocol error and drops the connection, so the batch would
-// be sent again forever. A packet above the maximum packet size still gets
-// DISCONNECT 0x95 from mochi, where 0x95 is valid. See README "Limits".
+// be sent again forever. A packet above the maximum packet size gets the
+// connection closed by mochi (without the DISCONNECT 0x95 MQTT 5 asks
+// for); the limit is advertised in the CONNACK (OnPacketEncode). See
+// README "Limits".
 func reasonCode(code string) packets.Code {
 	switch code {
 	case iotkv.CodeTooLarge:
