@@ -147,6 +147,7 @@ type secMQTT struct {
 	r       *bufio.Reader
 	version byte
 	nextID  uint16
+	connack packets.Packet
 }
 
 func secDialTLS(addr string, tc *tls.Config) (*tls.Conn, error) {
@@ -185,6 +186,7 @@ func (env *secEnv) mqttLoginTLS(t *testing.T, user, password string, version byt
 	if pk.FixedHeader.Type != packets.Connack {
 		t.Fatalf("got packet type %d, want CONNACK", pk.FixedHeader.Type)
 	}
+	c.connack = pk
 	return c, pk.ReasonCode
 }
 
