@@ -6,11 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,7 +124,7 @@ type Client struct {
 	q    *queue
 	tls  *tls.Config
 
-	http *http.Client
+	reader *Reader
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -171,7 +167,7 @@ func Open(opts Options) (*Client, error) {
 	c := &Client{
 		opts: opts, log: log, q: q, tls: tc, ctx: ctx, cancel: cancel,
 		kick: make(chan struct{}, 1), flushReq: make(chan *flushWaiter), evSignal: make(chan struct{}, 1),
-		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc.Clone()}},
+		reader: NewReader(opts.REST, opts.Name, opts.Password, tc),
 	}
 	c.wg.Add(1)
 	go func() {
@@ -269,54 +265,14 @@ type flushWaiter struct {
 	err      error
 }
 
-// Get reads key from the edge over REST (the device's own namespace).
-// A missing key is an error wrapping iotkv.ErrNotFound.
+// Get reads key from the edge over REST (Options.REST). A missing key is
+// an error wrapping iotkv.ErrNotFound.
 func (c *Client) Get(ctx context.Context, key string) (iotkv.Record, error) {
-	var rec iotkv.Record
-	if c.opts.REST == "" {
-		return rec, fmt.Errorf("device %s: get %q: no REST address configured", c.opts.Name, key)
-	}
-	u := strings.TrimRight(c.opts.REST, "/") + "/v1/kv/" + url.PathEscape(c.opts.Name) + "/" + escapeKey(key)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return rec, fmt.Errorf("device %s: get %q: %w", c.opts.Name, key, err)
-	}
-	req.SetBasicAuth(c.opts.Name, c.opts.Password)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return rec, fmt.Errorf("device %s: get %q: %w", c.opts.Name, key, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return rec, fmt.Errorf("device %s: get %q: %w", c.opts.Name, key, err)
-	}
-	switch resp.StatusCode {
-	case http.StatusOK:
-		if err := json.Unmarshal(body, &rec); err != nil {
-			return rec, fmt.Errorf("device %s: get %q: decode: %w", c.opts.Name, key, err)
-		}
-		return rec, nil
-	case http.StatusNotFound:
-		return rec, fmt.Errorf("device %s: get %q: %w", c.opts.Name, key, iotkv.ErrNotFound)
-	}
-	var e struct {
-		Error iotkv.Error `json:"error"`
-	}
-	if json.Unmarshal(body, &e) == nil && e.Error.Code != "" {
-		return rec, fmt.Errorf("device %s: get %q: %s: %w", c.opts.Name, key, resp.Status, &e.Error)
-	}
-	return rec, fmt.Errorf("device %s: get %q: %s", c.opts.Name, key, resp.Status)
+	return c.reader.Get(ctx, key)
 }
 
-// escapeKey escapes each '/'-separated part of a key for a URL path.
-func escapeKey(key string) string {
-	parts := strings.Split(key, "/")
-	for i, p := range parts {
-		parts[i] = url.PathEscape(p)
-	}
-	return strings.Join(parts, "/")
-}
+// Reader is the client's REST reader.
+func (c *Client) Reader() *Reader { return c.reader }
 
 // Stats is a snapshot of the client's state.
 type Stats struct {
@@ -368,7 +324,7 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		c.wg.Wait()
-		c.http.CloseIdleConnections()
+		c.reader.CloseIdleConnections()
 		if err := c.q.close(); err != nil {
 			c.closeErr = fmt.Errorf("device %s: close: %w", c.opts.Name, err)
 		}
