@@ -151,7 +151,15 @@ type secMQTT struct {
 }
 
 func secDialTLS(addr string, tc *tls.Config) (*tls.Conn, error) {
+	return secDialTLSFrom(addr, tc, "")
+}
+
+// secDialTLSFrom dials from the loopback address local ("" for any).
+func secDialTLSFrom(addr string, tc *tls.Config, local string) (*tls.Conn, error) {
 	d := &net.Dialer{Timeout: 10 * time.Second}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
 	return tls.DialWithDialer(d, "tcp", addr, tc)
 }
 
@@ -164,7 +172,12 @@ func (env *secEnv) mqttLogin(t *testing.T, name, password string, version byte) 
 
 func (env *secEnv) mqttLoginTLS(t *testing.T, user, password string, version byte, tc *tls.Config) (*secMQTT, byte) {
 	t.Helper()
-	conn, err := secDialTLS(env.edge.MQTTAddr(), tc)
+	return env.mqttLoginFrom(t, user, password, version, tc, "")
+}
+
+func (env *secEnv) mqttLoginFrom(t *testing.T, user, password string, version byte, tc *tls.Config, local string) (*secMQTT, byte) {
+	t.Helper()
+	conn, err := secDialTLSFrom(env.edge.MQTTAddr(), tc, local)
 	if err != nil {
 		t.Fatalf("tls dial as %s: %v", user, err)
 	}
