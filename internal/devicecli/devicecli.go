@@ -1,10 +1,203 @@
 // Package devicecli is the device subcommands, shared by iotkv and the
-// slim iotkv-device binary.
+// slim iotkv-device binary: put, get, del, shell and simulate.
 package devicecli
 
-import "errors"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
-// Run runs `device SUBCOMMAND ...`.
+	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/certs"
+	"github.com/iotkv/iotkv/device"
+	"github.com/iotkv/iotkv/internal/cliutil"
+)
+
+const usage = `usage: device put KEY VALUE | get KEY | del KEY | shell | simulate [flags]
+
+flags (before or after the arguments):
+  --name N --password-file F --certs D [--ca F --cert F --key F]
+  --edge host:8883 --rest https://host:8443 --queue DIR
+  --queue-max-bytes B --flush-timeout T --log-level L --log-format F
+simulate: --devices N --rate R --duration T [--verify] [--prefix sim-] [--accounts F] [--keys K]`
+
+// Run runs `device SUBCOMMAND ...` with the process's standard streams.
 func Run(args []string) error {
-	return errors.New("device: not built yet")
+	return RunIO(args, os.Stdin, os.Stdout, os.Stderr)
+}
+
+// RunIO is Run with explicit streams.
+func RunIO(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return cliutil.Usagef("device: a subcommand is required")
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "put", "del", "get", "shell":
+		return runDevice(sub, rest, stdin, stdout)
+	case "simulate":
+		return runSimulate(rest, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	return cliutil.Usagef("device: unknown subcommand %q (want put, get, del, shell or simulate)", sub)
+}
+
+// flags are what every device subcommand takes.
+type flags struct {
+	log                     cliutil.Log
+	name, passwordFile      string
+	certsDir, ca, cert, key string
+	edge, rest, queue       string
+	queueMax                int64
+	flushTimeout, linger    time.Duration
+	window                  int
+}
+
+func (f *flags) register(fs *flag.FlagSet) {
+	f.log.Register(fs)
+	fs.StringVar(&f.name, "name", "", "device name: the account and the certificate CN")
+	fs.StringVar(&f.passwordFile, "password-file", "", "password file (first line); IOTKV_PASSWORD as fallback")
+	fs.StringVar(&f.certsDir, "certs", "", "certificate directory holding ca.crt, NAME.crt, NAME.key")
+	fs.StringVar(&f.ca, "ca", "", "CA certificate (overrides --certs)")
+	fs.StringVar(&f.cert, "cert", "", "certificate (overrides --certs)")
+	fs.StringVar(&f.key, "key", "", "private key (overrides --certs)")
+	fs.StringVar(&f.edge, "edge", "localhost:8883", "the edge's MQTT/TLS address")
+	fs.StringVar(&f.rest, "rest", "https://localhost:8443", "the edge's HTTPS address")
+	fs.StringVar(&f.queue, "queue", "", "durable queue directory (default ./iotkv-queue/NAME)")
+	fs.Int64Var(&f.queueMax, "queue-max-bytes", 64<<20, "bytes of unacknowledged ops the queue holds before puts fail")
+	fs.DurationVar(&f.flushTimeout, "flush-timeout", 30*time.Second, "how long to wait for the edge's acknowledgements before exiting")
+	fs.DurationVar(&f.linger, "linger", 5*time.Millisecond, "how long ops wait to fill a batch while others are in flight")
+	fs.IntVar(&f.window, "window", 8, "batches in flight")
+}
+
+func (f *flags) paths(name string) (certs.Paths, error) {
+	p := certs.PathsFor(f.certsDir, name)
+	if f.ca != "" {
+		p.CA = f.ca
+	}
+	if f.cert != "" {
+		p.Cert = f.cert
+	}
+	if f.key != "" {
+		p.Key = f.key
+	}
+	if f.certsDir == "" && (f.ca == "" || f.cert == "" || f.key == "") {
+		return p, cliutil.Usagef("--certs D (or all of --ca, --cert, --key) is required")
+	}
+	return p, nil
+}
+
+func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
+	var f flags
+	f.register(fs)
+	pos, err := cliutil.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	want := map[string]int{"put": 2, "del": 1, "get": 1, "shell": 0}[sub]
+	if len(pos) != want {
+		return cliutil.Usagef("device %s: want %d argument(s), got %d\n%s", sub, want, len(pos), usage)
+	}
+	if f.name == "" {
+		return cliutil.Usagef("device %s: --name is required", sub)
+	}
+	if err := iotkv.ValidateName(f.name); err != nil {
+		return cliutil.Usagef("device %s: --name: %v", sub, err)
+	}
+	log, err := f.log.Logger()
+	if err != nil {
+		return err
+	}
+	paths, err := f.paths(f.name)
+	if err != nil {
+		return err
+	}
+	password, err := cliutil.ReadPassword(f.passwordFile)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	if sub == "get" {
+		tc, err := certs.ClientConfig(paths)
+		if err != nil {
+			return err
+		}
+		r := device.NewReader(f.rest, f.name, password, tc)
+		defer r.CloseIdleConnections()
+		rec, err := r.Get(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, display(rec.Value))
+		return nil
+	}
+	if f.queue == "" {
+		f.queue = filepath.Join("iotkv-queue", f.name)
+	}
+	c, err := device.Open(device.Options{
+		Name: f.name, Password: password, TLSFiles: paths, Edge: f.edge, REST: f.rest,
+		QueueDir: f.queue, QueueMaxBytes: f.queueMax, Linger: f.linger, Window: f.window, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	switch sub {
+	case "put":
+		if err := c.Put(ctx, pos[0], ParseValue(pos[1])); err != nil {
+			return err
+		}
+	case "del":
+		if err := c.Delete(ctx, pos[0]); err != nil {
+			return err
+		}
+	case "shell":
+		return shell(ctx, c, f.flushTimeout, stdin, stdout, log)
+	}
+	return flushAll(ctx, c, f.flushTimeout)
+}
+
+// flushAll waits up to timeout for every queued op to be acknowledged.
+func flushAll(ctx context.Context, c *device.Client, timeout time.Duration) error {
+	fctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%d ops not acknowledged by the edge within %v (they stay queued for the next run): %w", c.Stats().QueuedOps, timeout, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// ParseValue turns a command-line value into JSON: valid JSON is taken as
+// it is, anything else becomes a JSON string.
+func ParseValue(s string) json.RawMessage {
+	if t := strings.TrimSpace(s); t != "" && json.Valid([]byte(t)) {
+		return json.RawMessage(t)
+	}
+	v, _ := json.Marshal(s)
+	return v
+}
+
+// display prints a value as the seed's /get does: a string as itself,
+// anything else as its JSON text.
+func display(v json.RawMessage) string {
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return s
+	}
+	return string(v)
 }

@@ -1,0 +1,95 @@
+package devicecli
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/iotkv/iotkv/device/sim"
+	"github.com/iotkv/iotkv/internal/cliutil"
+)
+
+func runSimulate(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("device simulate", flag.ContinueOnError)
+	var f flags
+	f.register(fs)
+	devices := fs.Int("devices", 10, "virtual sensors, each with its own identity and connection")
+	rate := fs.Float64("rate", 1, "ops per second per sensor")
+	duration := fs.Duration("duration", 10*time.Second, "how long the sensors write")
+	verify := fs.Bool("verify", false, "read every key back over REST and count lost and mismatched ones")
+	prefix := fs.String("prefix", "sim-", "sensor names are PREFIX0001, PREFIX0002, ...")
+	acc := fs.String("accounts", "", "accounts file: with --certs holding ca.key, missing identities are created")
+	keys := fs.Int("keys", 0, "distinct keys per sensor (0: every op writes a new key)")
+	pos, err := cliutil.Parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return cliutil.Usagef("device simulate: unexpected argument %q", pos[0])
+	}
+	if f.certsDir == "" {
+		return cliutil.Usagef("device simulate: --certs D is required")
+	}
+	if *devices < 1 || *rate <= 0 || *duration <= 0 {
+		return cliutil.Usagef("device simulate: --devices, --rate and --duration must be positive")
+	}
+	log, err := f.log.Logger()
+	if err != nil {
+		return err
+	}
+	password := ""
+	if f.passwordFile != "" || os.Getenv("IOTKV_PASSWORD") != "" {
+		if password, err = cliutil.ReadPassword(f.passwordFile); err != nil {
+			return err
+		}
+	}
+	if f.queue == "" {
+		f.queue = "iotkv-queue"
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	opts := sim.Options{
+		Devices: *devices, Rate: *rate, Duration: *duration, Prefix: *prefix,
+		CertsDir: f.certsDir, AccountsFile: *acc, Password: password,
+		Edge: f.edge, REST: f.rest, QueueDir: f.queue, Keys: *keys, Verify: *verify,
+		FlushTimeout: f.flushTimeout, Logger: log,
+	}
+	tty := isTerminal(stderr)
+	if tty {
+		opts.Progress = func(p sim.Progress) {
+			fmt.Fprintf(stderr, "\r%6.1fs  connected %d/%d  written %d  acked %d  queued %d  failed %d ",
+				p.Elapsed.Seconds(), p.Connected, p.Devices, p.Written, p.Acked, p.Queued, p.Failed)
+		}
+	}
+	res, err := sim.Run(ctx, opts)
+	if tty {
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "simulate: devices=%d written=%d acked=%d rejected=%d failed=%d elapsed=%v ops/s=%.0f\n",
+		res.Devices, res.Written, res.Acked, res.Rejected, res.Failed, res.Elapsed.Round(time.Millisecond),
+		float64(res.Written)/res.Elapsed.Seconds())
+	if *verify {
+		fmt.Fprintln(stdout, res.VerifyLine())
+		if res.Lost+res.Mismatched > 0 {
+			return fmt.Errorf("simulate: %d keys lost and %d mismatched", res.Lost, res.Mismatched)
+		}
+	}
+	if res.Acked < res.Written {
+		return fmt.Errorf("simulate: %d of %d ops not acknowledged within %v", res.Written-res.Acked, res.Written, f.flushTimeout)
+	}
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
