@@ -51,6 +51,10 @@ type Options struct {
 	REST     string // https://host:port; required for Verify
 	QueueDir string // each device's queue is QueueDir/NAME; required
 
+	// Stop, when closed, ends the writing early like the end of Duration;
+	// the flush and the verification still run (unlike cancelling ctx).
+	Stop <-chan struct{}
+
 	Keys         int           // distinct keys per device; 0: every op writes a new key
 	Verify       bool          // read every key back over REST at the end
 	FlushTimeout time.Duration // how long the final flush may take; default 30s
@@ -190,6 +194,15 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	start := time.Now()
 	runCtx, cancel := context.WithTimeout(ctx, opts.Duration)
 	defer cancel()
+	if opts.Stop != nil {
+		go func() {
+			select {
+			case <-opts.Stop:
+				cancel()
+			case <-runCtx.Done():
+			}
+		}()
+	}
 	run := newRunID()
 	var wg sync.WaitGroup
 	for i, s := range sensors {
