@@ -124,6 +124,9 @@ type LoadResult struct {
 	Sent     int64   `json:"sent"` // every seq published, warmup included
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
+	// ServerCPUus is the server's CPU time per message sent (warm-up
+	// included): a figure that other tenants' noise moves much less.
+	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
 }
 
 // Run runs the load and returns its result.

@@ -79,6 +79,7 @@ type WrkResult struct {
 	Non2xx  int64   `json:"non_2xx"`
 	Errors  string  `json:"errors,omitempty"`
 	P99ms   float64 `json:"p99_ms"`
+	CPUus   float64 `json:"server_cpu_us_per_req,omitempty"`
 	Output  string  `json:"-"`
 }
 

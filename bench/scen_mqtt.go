@@ -84,8 +84,12 @@ func (r *Runner) runMQTT(ctx context.Context, m mqttRun) (map[int]LoadResult, *S
 		m.onLoad(ctx, s)
 	}
 	for _, w := range m.inflight {
+		cpu0, _ := CPUTime(s.Proc.Pid())
 		res := Load{Clients: clients, Devices: m.devices, Topic: m.topic, Payload: m.payload, InFlight: w,
 			Warmup: r.dur(time.Second, 2*time.Second), Duration: r.dur(3*time.Second, 10*time.Second)}.Run(ctx)
+		if cpu1, err := CPUTime(s.Proc.Pid()); err == nil && res.Sent > 0 {
+			res.ServerCPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(res.Sent)
+		}
 		r.Log.Info("measured", "system", m.name, "inflight", w, "msgs/s", int(res.MsgsPerS), "errors", res.Errors, "p99ms", res.P99ms)
 		out[w] = res
 		if res.Errors > 0 && res.Acked == 0 {
@@ -104,7 +108,7 @@ func (r *Runner) devices(n int) []string { return r.PKI.Devices[:n] }
 func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	devs := r.devices(50)
 	const w = 16
-	sec.Row("system", "batches/s (msgs/s)", "key-ops/s", "PUBACK p50 / p99", "key-ops/s ÷ mosquitto msgs/s", "÷ raw Pebble keys/s")
+	sec.Row("system", "batches/s (msgs/s)", "key-ops/s", "PUBACK p50 / p99", "server CPU per batch", "key-ops/s ÷ mosquitto msgs/s", "÷ raw Pebble keys/s")
 	var applied atomic.Int64
 	edge := mqttRun{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) },
 		topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs,
@@ -150,10 +154,10 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 		if name == "iotkv edge" {
 			ops = fmtRate(edgeOps)
 		}
-		sec.Row(name, fmtRate(v.MsgsPerS), ops, fmt.Sprintf("%.1f / %.1f ms", v.P50ms, v.P99ms),
+		sec.Row(name, fmtRate(v.MsgsPerS), ops, fmt.Sprintf("%.1f / %.1f ms", v.P50ms, v.P99ms), fmt.Sprintf("%.0f µs", v.ServerCPUus),
 			fmt.Sprintf("%.2f×", ratio(v.MsgsPerS*opsPerBatch, mq.MsgsPerS)), fmt.Sprintf("%.2f×", ratio(v.MsgsPerS*opsPerBatch, pk)))
 	}
-	sec.Row("raw Pebble, 50 writers, Sync batches of 100", fmtRate(pk/opsPerBatch), fmtRate(pk), "–", fmt.Sprintf("%.2f×", ratio(pk, mq.MsgsPerS)), "1.00×")
+	sec.Row("raw Pebble, 50 writers, Sync batches of 100", fmtRate(pk/opsPerBatch), fmtRate(pk), "–", "–", fmt.Sprintf("%.2f×", ratio(pk, mq.MsgsPerS)), "1.00×")
 	sec.Note("Same load generator (paho.mqtt.golang, MQTT 3.1.1, mTLS, password) for every broker: 50 devices, %d batches in flight each, %d-byte batches of %d puts. mosquitto and bare mochi acknowledge from memory; the edge acknowledges after the group fsync.", w, len(batchPayload("", 1)), opsPerBatch)
 	if n := applied.Load(); n > 0 {
 		sec.Note("Check: the edge's /v1/devices reports %d batches applied for the 50 devices (the load generator sent %d, warm-up included; publishes cut off at the end may or may not have landed).", n, e.Sent)
@@ -303,7 +307,7 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 		}
 		res[m.name] = out
 	}
-	sec.Row("system", "msgs/s, 1 in flight", "p99", "msgs/s, 16 in flight", "p99", "edge ÷ this (1 / 16)")
+	sec.Row("system", "msgs/s, 1 in flight", "p99", "msgs/s, 16 in flight", "p99", "server CPU per msg (1 / 16)", "edge ÷ this (1 / 16)")
 	e := res["iotkv edge"]
 	for _, m := range runs {
 		v, ok := res[m.name]
@@ -311,6 +315,7 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 			continue
 		}
 		sec.Row(m.name, fmtRate(v[1].MsgsPerS), fmt.Sprintf("%.1f ms", v[1].P99ms), fmtRate(v[16].MsgsPerS), fmt.Sprintf("%.1f ms", v[16].P99ms),
+			fmt.Sprintf("%.0f / %.0f µs", v[1].ServerCPUus, v[16].ServerCPUus),
 			fmt.Sprintf("%.2f× / %.2f×", ratio(e[1].MsgsPerS, v[1].MsgsPerS), ratio(e[16].MsgsPerS, v[16].MsgsPerS)))
 	}
 	sec.Note("Topic iotkv/v1/devices/{device}/kv/sensor/N, %d-byte JSON values, QoS 1, MQTT 3.1.1 over mTLS, 50 devices, the same paho load generator for all. mosquitto and bare mochi acknowledge from memory; the edge and NATS fsync before the PUBACK.", len(kvPayload("", 123456)))
