@@ -7,14 +7,6 @@ import (
 	"path/filepath"
 )
 
-// scenDevice is scenario 4; it needs cmd/iotkv-device.
-func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
-	if _, err := os.Stat(filepath.Join(r.Repo, "cmd", "iotkv-device")); err != nil {
-		return fmt.Errorf("%w: cmd/iotkv-device is not in the tree yet", ErrSkip)
-	}
-	return fmt.Errorf("%w: not implemented yet", ErrSkip)
-}
-
 // scenBackup is scenario 7; it needs the master.
 func (r *Runner) scenBackup(ctx context.Context, sec *Section) error {
 	if _, err := os.Stat(filepath.Join(r.Repo, "master")); err != nil {
