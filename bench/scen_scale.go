@@ -15,7 +15,8 @@ import (
 )
 
 // fillPayload is a batch of 100 puts of fresh keys k/00000000...
-func fillPayload(seq uint64) []byte {
+func fillPayload(base, n uint64) []byte {
+	seq := base + n
 	b := make([]byte, 0, 6000)
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
@@ -25,7 +26,7 @@ func fillPayload(seq uint64) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `{"op":"put","key":"`...)
-		b = append(b, fillKey((seq-1)*opsPerBatch+i)...)
+		b = append(b, fillKey((n-1)*opsPerBatch+i)...)
 		b = append(b, `","value":{"t":21.5,"h":40.25,"n":`...)
 		b = strconv.AppendUint(b, seq, 10)
 		b = append(b, `}}`...)
@@ -36,8 +37,9 @@ func fillPayload(seq uint64) []byte {
 func fillKey(i uint64) string { return fmt.Sprintf("k/%08d", i) }
 
 // fill publishes batches from every client until each device has written
-// perDevice keys; seqs continue from *seqs.
-func fill(ctx context.Context, clients []paho.Client, devs []string, seqs []uint64, perDevice uint64) error {
+// perDevice keys; seqs[i] counts device i's batches so far, and the seq on
+// the wire is base + seqs[i] (base keeps it above earlier loads').
+func fill(ctx context.Context, clients []paho.Client, devs []string, seqs []uint64, base, perDevice uint64) error {
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for i, c := range clients {
@@ -56,7 +58,7 @@ func fill(ctx context.Context, clients []paho.Client, devs []string, seqs []uint
 					}
 					seqs[i]++
 					s := seqs[i]
-					tok := c.Publish(iotkv.BatchTopic(dev), 1, false, fillPayload(s))
+					tok := c.Publish(iotkv.BatchTopic(dev), 1, false, fillPayload(base, s))
 					mu.Unlock()
 					if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
 						failed.Add(1)
@@ -141,7 +143,7 @@ func (r *Runner) scenScale(ctx context.Context, sec *Section) error {
 	for _, total := range sizes {
 		t0 := time.Now()
 		per := total / uint64(len(devs))
-		if err := fill(ctx, clients, devs, seqs, per); err != nil {
+		if err := fill(ctx, clients, devs, seqs, 0, per); err != nil {
 			return err
 		}
 		p := scalePoint{Keys: total, FillSecs: time.Since(t0).Seconds()}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/edge"
+	"github.com/iotkv/iotkv/master"
 )
 
 // Serve runs one of the servers the harness measures in this process (the
@@ -34,6 +35,9 @@ func Serve(kind string, args []string) error {
 	data := fs.String("data", "", "data directory (edge)")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here")
 	authCache := fs.Int("auth-cache", 0, "edge AuthCacheSize (-1 disables)")
+	restoreFrom := fs.String("restore-from", "", "edge: restore the data dir from this master first")
+	edgeAddr := fs.String("edge-addr", "", "master: the edge's MQTT address")
+	snapshot := fs.Duration("snapshot-interval", 2*time.Second, "master: snapshot interval")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,6 +59,13 @@ func Serve(kind string, args []string) error {
 	var closeFn func() error
 	switch kind {
 	case "edge":
+		if *restoreFrom != "" {
+			t0 := time.Now()
+			if err := edge.Restore(ctx, edge.RestoreOptions{URL: *restoreFrom, ID: EdgeID, Password: Password(EdgeID), TLSFiles: paths, DataDir: *data, Logger: log}); err != nil {
+				return err
+			}
+			addrs["restore_seconds"] = fmt.Sprint(time.Since(t0).Seconds())
+		}
 		e, err := edge.Open(edge.Options{
 			ID: EdgeID, DataDir: *data, TLSFiles: paths, Accounts: *acc,
 			MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AuthCacheSize: *authCache,
@@ -68,6 +79,20 @@ func Serve(kind string, args []string) error {
 			cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			return e.Close(cctx)
+		}
+	case "master":
+		m, err := master.Open(master.Options{
+			DataDir: *data, Password: Password(MasterName), TLSFiles: certs.PathsFor(*certDir, MasterName), Accounts: *acc,
+			Edges: []master.Edge{{ID: EdgeID, Addr: *edgeAddr}}, HTTPAddr: "127.0.0.1:0", SnapshotInterval: *snapshot, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		addrs["https"] = m.HTTPAddr()
+		closeFn = func() error {
+			cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			return m.Close(cctx)
 		}
 	case "mochi":
 		tc, err := certs.ServerConfig(paths, tls.RequireAndVerifyClientCert)

@@ -22,6 +22,7 @@ type Server struct {
 	Pprof string
 	Proc  *Proc
 	Data  string
+	Extra map[string]string // everything the child reported
 }
 
 // Stop stops the server.
@@ -48,7 +49,7 @@ func (r *Runner) serveChild(ctx context.Context, kind string, extra ...string) (
 	if err != nil {
 		return nil, err
 	}
-	b, err := WaitFile(ctx, addrFile, p, 60*time.Second)
+	b, err := WaitFile(ctx, addrFile, p, 180*time.Second)
 	if err != nil {
 		p.Kill()
 		return nil, err
@@ -58,7 +59,7 @@ func (r *Runner) serveChild(ctx context.Context, kind string, extra ...string) (
 		p.Kill()
 		return nil, fmt.Errorf("%s addr file: %w", label, err)
 	}
-	return &Server{Name: kind, MQTT: addrs["mqtt"], HTTPS: addrs["https"], Pprof: addrs["pprof"], Proc: p}, nil
+	return &Server{Name: kind, MQTT: addrs["mqtt"], HTTPS: addrs["https"], Pprof: addrs["pprof"], Proc: p, Extra: addrs}, nil
 }
 
 // StartEdge starts an edge on data (a fresh dir when empty).
@@ -70,6 +71,35 @@ func (r *Runner) StartEdge(ctx context.Context, data string, authCache int) (*Se
 		}
 	}
 	s, err := r.serveChild(ctx, "edge", "--accounts", r.PKI.Accounts, "--data", data, "--auth-cache", fmt.Sprint(authCache))
+	if err != nil {
+		return nil, err
+	}
+	s.Data = data
+	return s, nil
+}
+
+// StartRestoredEdge starts an edge that first restores an empty data dir
+// from the master at url.
+func (r *Runner) StartRestoredEdge(ctx context.Context, url string) (*Server, error) {
+	data, err := os.MkdirTemp(r.Work, "edge-restored-")
+	if err != nil {
+		return nil, fmt.Errorf("edge data: %w", err)
+	}
+	s, err := r.serveChild(ctx, "edge", "--accounts", r.PKI.Accounts, "--data", data, "--restore-from", url)
+	if err != nil {
+		return nil, err
+	}
+	s.Data = data
+	return s, nil
+}
+
+// StartMaster starts a master backing up the edge at edgeMQTT.
+func (r *Runner) StartMaster(ctx context.Context, edgeMQTT string, snapshot time.Duration) (*Server, error) {
+	data, err := os.MkdirTemp(r.Work, "master-data-")
+	if err != nil {
+		return nil, fmt.Errorf("master data: %w", err)
+	}
+	s, err := r.serveChild(ctx, "master", "--accounts", r.PKI.Accounts, "--data", data, "--edge-addr", edgeMQTT, "--snapshot-interval", snapshot.String())
 	if err != nil {
 		return nil, err
 	}
