@@ -1,7 +1,41 @@
 package main
 
-import "errors"
+import (
+	"flag"
+	"os"
+
+	"github.com/iotkv/iotkv/internal/cliutil"
+	"github.com/iotkv/iotkv/internal/demorun"
+)
 
 func demoCmd(args []string) error {
-	return errors.New("demo: not built yet")
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	lf := cliutil.Log{}
+	lf.Register(fs)
+	_ = fs.Set("log-level", "warn") // the demo's own lines are the interface
+	dir := fs.String("dir", "demo", "directory for the PKI, accounts and data")
+	duration := fs.Duration("duration", 0, "how long the devices write; 0: until Ctrl-C")
+	devices := fs.Int("devices", 10, "simulated devices, split over two edges")
+	rate := fs.Float64("rate", 5, "ops per second per device")
+	if pos, err := cliutil.Parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return cliutil.Usagef("demo: unexpected argument %q", pos[0])
+	}
+	if *devices < 1 || *duration < 0 || *rate <= 0 {
+		return cliutil.Usagef("demo: --devices must be at least 1, --duration not negative, --rate positive")
+	}
+	log, err := lf.Logger()
+	if err != nil {
+		return err
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	st, _ := os.Stdout.Stat()
+	_, err = demorun.Run(ctx, demorun.Options{
+		Dir: *dir, Duration: *duration, Devices: *devices, Rate: *rate,
+		Out: os.Stdout, TTY: st != nil && st.Mode()&os.ModeCharDevice != 0, Logger: log,
+	})
+	return err
 }
+
