@@ -38,4 +38,3 @@ func demoCmd(args []string) error {
 	})
 	return err
 }
-
