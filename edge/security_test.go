@@ -22,7 +22,10 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/accounts"
 	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/testenv"
@@ -73,12 +76,12 @@ func secStartWith(t *testing.T, setup func(*testenv.PKI), mod func(*edge.Options
 	t.Helper()
 	env := &secEnv{pki: testenv.NewPKI(t), log: &secLog{}}
 	for _, r := range secRoles {
-		env.pki.Identity(t, r.name, r.role)
+		secIdentity(t, env.pki, r.name, r.role)
 	}
+	secIdentity(t, env.pki, "edge-1", iotkv.RoleEdge)
 	if setup != nil {
 		setup(env.pki)
 	}
-	env.pki.Identity(t, "edge-1", iotkv.RoleEdge)
 	env.edge = testenv.StartEdge(t, env.pki, "edge-1", func(o *edge.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(env.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		if mod != nil {
@@ -91,6 +94,41 @@ func secStartWith(t *testing.T, setup func(*testenv.PKI), mod func(*edge.Options
 		}
 	})
 	return env
+}
+
+// secIdentity is testenv's Identity with a bcrypt cost of 4 (below what
+// the CLI allows), so that the race detector on a busy machine spends its
+// time on the code under test rather than on hashing.
+func secIdentity(t *testing.T, p *testenv.PKI, name string, role iotkv.Role) {
+	t.Helper()
+	certRole := map[iotkv.Role]string{iotkv.RoleEdge: certs.RoleEdge, iotkv.RoleMaster: certs.RoleMaster, iotkv.RoleDevice: certs.RoleDevice}[role]
+	if certRole == "" {
+		certRole = certs.RoleClient
+	}
+	if err := certs.Issue(p.Dir, certs.Request{Name: name, Role: certRole}); err != nil {
+		t.Fatal(err)
+	}
+	secAddAccount(t, p, name, role, testenv.Password(name))
+}
+
+var secAccountsMu sync.Mutex
+
+func secAddAccount(t *testing.T, p *testenv.PKI, name string, role iotkv.Role, password string) {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secAccountsMu.Lock()
+	defer secAccountsMu.Unlock()
+	f, err := accounts.Load(p.Accounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Accounts = append(f.Accounts, accounts.Account{Name: name, Role: role, Hash: string(h)})
+	if err := f.Save(p.Accounts); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // secClientFrom is an HTTPS client trusting the CA, presenting no
@@ -352,8 +390,9 @@ func (env *secEnv) healthy(t *testing.T) {
 // TestAuthorizationMatrix: every REST route × every kind of caller gets
 // exactly the status SPEC's roles imply.
 func TestAuthorizationMatrix(t *testing.T) {
-	env := secStart(t, func(o *edge.Options) { o.ID = "edge-1" })
-	env.pki.Identity(t, "edge-2", iotkv.RoleEdge) // an edge account that is not this edge
+	env := secStartWith(t, func(p *testenv.PKI) {
+		secIdentity(t, p, "edge-2", iotkv.RoleEdge) // an edge account that is not this edge
+	}, nil)
 	c := env.httpClientFrom(t, "")
 	for _, d := range []string{"dev-1", "dev-2"} {
 		if a := env.do(t, c, "PUT", "/v1/kv/"+d+"/k", "admin", testenv.Password("admin"), `"v"`); a.status != 200 {

@@ -68,7 +68,7 @@ func TestTLSPolicy(t *testing.T) {
 			if err := certs.Issue(p.Dir, certs.Request{Name: name, Role: certs.RoleDevice, NotBefore: notBefore, NotAfter: notAfter}); err != nil {
 				t.Fatal(err)
 			}
-			p.AddAccount(t, name, iotkv.RoleDevice, testenv.Password(name))
+			secAddAccount(t, p, name, iotkv.RoleDevice, testenv.Password(name))
 		}
 		issue("dev-expired", now.Add(-48*time.Hour), now.Add(-time.Hour))
 		issue("dev-future", now.Add(time.Hour), now.Add(48*time.Hour))
@@ -77,7 +77,9 @@ func TestTLSPolicy(t *testing.T) {
 	strictEnv := &secEnv{pki: env.pki, edge: strict, log: env.log}
 	// A CA of its own, with an identity named like a real device.
 	other := testenv.NewPKI(t)
-	other.Identity(t, "dev-1", iotkv.RoleDevice)
+	if err := certs.Issue(other.Dir, certs.Request{Name: "dev-1", Role: certs.RoleDevice}); err != nil {
+		t.Fatal(err)
+	}
 	edgePool, err := certs.CAPool(env.pki.Paths("ca").CA)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +137,7 @@ func TestCertificateDoesNotGrantRole(t *testing.T) {
 		if err := certs.Issue(p.Dir, certs.Request{Name: "impostor", Role: certs.RoleMaster}); err != nil {
 			t.Fatal(err)
 		}
-		p.AddAccount(t, "impostor", iotkv.RoleDevice, testenv.Password("impostor"))
+		secAddAccount(t, p, "impostor", iotkv.RoleDevice, testenv.Password("impostor"))
 	}, nil)
 	t.Run("a device certificate cannot log in as the master or an edge, even with their passwords", func(t *testing.T) {
 		for _, user := range []string{"master", "edge-1", "admin", "dev-2"} {
