@@ -167,8 +167,9 @@ func Open(opts Options) (_ *Master, err error) {
 	}
 	for _, id := range m.order {
 		eb := m.edges[id]
+		eb.client = m.newClient(eb, clientTLS.Clone())
 		go eb.run()
-		eb.client = m.connect(eb, clientTLS.Clone())
+		eb.client.Connect() // with ConnectRetry it keeps trying in the background
 	}
 	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, Logger: m.log})
 	if err != nil {
@@ -209,9 +210,9 @@ func Open(opts Options) (_ *Master, err error) {
 	return m, nil
 }
 
-// connect starts a paho client that reconnects forever; each (re)connect
+// newClient makes a paho client that reconnects forever; each (re)connect
 // subscribes and asks the edge for everything after our seq.
-func (m *Master) connect(eb *edgeBackup, tc *tls.Config) paho.Client {
+func (m *Master) newClient(eb *edgeBackup, tc *tls.Config) paho.Client {
 	o := paho.NewClientOptions()
 	o.AddBroker("tls://" + eb.addr)
 	o.SetClientID(m.opts.Name + "-" + eb.id)
@@ -252,9 +253,7 @@ func (m *Master) connect(eb *edgeBackup, tc *tls.Config) paho.Client {
 		eb.log.Warn("connection to edge lost", "addr", eb.addr, "err", err)
 		eb.deliver(event{kind: "lost"})
 	})
-	c := paho.NewClient(o)
-	c.Connect() // with ConnectRetry it keeps trying in the background
-	return c
+	return paho.NewClient(o)
 }
 
 // HTTPAddr is the bound HTTPS address.
