@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -111,7 +112,12 @@ func startRig(root string, log *slog.Logger) (*edgeRig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &edgeRig{pki: p, edge: e}, nil
+	tc, err := certs.ClientConfig(p.Paths("admin"))
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	return &edgeRig{pki: p, edge: e, client: client}, nil
 }
 
 type lockedBuffer struct {

@@ -24,7 +24,7 @@ func (r *edgeRig) do(t *testing.T, user, password, method, path, body string) (*
 	if user != "" {
 		req.SetBasicAuth(user, password)
 	}
-	resp, err := r.pki.HTTPClient(t, "admin").Do(req)
+	resp, err := r.client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
