@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -23,6 +25,12 @@ var clientSeq atomic.Int64
 
 // MQTTClient connects name to addr over mTLS with its password, MQTT 3.1.1.
 func (r *Runner) MQTTClient(addr, name string, clean bool) (paho.Client, error) {
+	return r.MQTTClientFrom(addr, name, clean, "")
+}
+
+// MQTTClientFrom is MQTTClient from the local address src (a device of a
+// fleet has its own address; loopback has all of 127.0.0.0/8).
+func (r *Runner) MQTTClientFrom(addr, name string, clean bool, src string) (paho.Client, error) {
 	tc, err := r.clientTLS(name)
 	if err != nil {
 		return nil, err
@@ -41,6 +49,9 @@ func (r *Runner) MQTTClient(addr, name string, clean bool) (paho.Client, error) 
 	o.SetKeepAlive(60 * time.Second)
 	o.SetConnectTimeout(60 * time.Second)
 	o.SetWriteTimeout(30 * time.Second)
+	if src != "" {
+		o.SetDialer(&net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}})
+	}
 	c := paho.NewClient(o)
 	tok := c.Connect()
 	if !tok.WaitTimeout(90 * time.Second) {
@@ -66,11 +77,13 @@ func (r *Runner) clientTLS(name string) (*tls.Config, error) {
 	return c.Clone(), nil
 }
 
-// ConnectAll connects every device, 32 at a time.
+// ConnectAll connects every device, 8 at a time; a refused login is retried
+// a few times (on a loaded machine a bcrypt check can outlast the edge's
+// wait for an auth worker).
 func (r *Runner) ConnectAll(ctx context.Context, addr string, devices []string) ([]paho.Client, error) {
 	out := make([]paho.Client, len(devices))
 	errs := make([]error, len(devices))
-	sem := make(chan struct{}, 32)
+	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	for i, d := range devices {
 		wg.Add(1)
@@ -78,7 +91,12 @@ func (r *Runner) ConnectAll(ctx context.Context, addr string, devices []string) 
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			out[i], errs[i] = r.MQTTClient(addr, d, true)
+			for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
+				if out[i], errs[i] = r.MQTTClient(addr, d, true); errs[i] == nil {
+					return
+				}
+				time.Sleep(time.Duration(500+rand.IntN(1000)) * time.Millisecond)
+			}
 		}()
 	}
 	wg.Wait()
@@ -226,12 +244,12 @@ func (h *Hist) Len() int {
 	return len(h.v)
 }
 
-// Quantile returns the q-quantile in milliseconds (NaN when empty).
+// Quantile returns the q-quantile in milliseconds (0 when empty).
 func (h *Hist) Quantile(q float64) float64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.v) == 0 {
-		return math.NaN()
+		return 0
 	}
 	sort.Float64s(h.v)
 	i := int(math.Ceil(q*float64(len(h.v)))) - 1

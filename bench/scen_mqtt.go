@@ -86,7 +86,7 @@ func (r *Runner) runMQTT(ctx context.Context, m mqttRun) (map[int]LoadResult, *S
 	for _, w := range m.inflight {
 		cpu0, _ := CPUTime(s.Proc.Pid())
 		res := Load{Clients: clients, Devices: m.devices, Topic: m.topic, Payload: m.payload, InFlight: w,
-			Warmup: r.dur(time.Second, 2*time.Second), Duration: r.dur(3*time.Second, 10*time.Second)}.Run(ctx)
+			Warmup: r.dur(500*time.Millisecond, 2*time.Second), Duration: r.dur(2*time.Second, 10*time.Second)}.Run(ctx)
 		if cpu1, err := CPUTime(s.Proc.Pid()); err == nil && res.Sent > 0 {
 			res.ServerCPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(res.Sent)
 		}
@@ -139,7 +139,7 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 		}
 		res[m.name] = out[w]
 	}
-	pk, err := r.rawPebble(ctx, 50, r.dur(3*time.Second, 10*time.Second))
+	pk, err := r.rawPebble(ctx, 50, r.dur(2*time.Second, 10*time.Second))
 	if err != nil {
 		return err
 	}
