@@ -311,6 +311,7 @@ func (q *queue) applyBatch(seq, last uint64) *batch {
 	q.pending = q.pending[i:]
 	q.batches = append(q.batches, b)
 	q.nextSeq = max(q.nextSeq, seq+1)
+	q.synced = true // batches form only once the edge's seq is known
 	return b
 }
 
