@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/iotkv/iotkv"
 )
 
@@ -88,14 +90,24 @@ func TestParseRefusesBrokenFiles(t *testing.T) {
 	}
 }
 
-// writeAccounts saves accounts name → (role, password) at the minimum cost.
+// quickHash hashes at bcrypt's minimum cost, below what Add allows: under
+// the race detector a cost-10 hash takes ~0.75 s, and the Store takes any
+// bcrypt hash.
+func quickHash(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+// writeAccounts saves device accounts name → password.
 func writeAccounts(t *testing.T, path string, accts map[string]string) {
 	t.Helper()
 	f := &File{}
 	for name, pw := range accts {
-		if err := f.Add(name, iotkv.RoleDevice, pw, MinCost); err != nil {
-			t.Fatal(err)
-		}
+		f.Accounts = append(f.Accounts, Account{Name: name, Role: iotkv.RoleDevice, Hash: quickHash(t, pw)})
 	}
 	if err := f.Save(path); err != nil {
 		t.Fatal(err)
@@ -158,12 +170,8 @@ func TestStoreCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Passwd("dev1", "pw2", MinCost); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Add("dev2", iotkv.RoleReader, "pw3", MinCost); err != nil {
-		t.Fatal(err)
-	}
+	f.Accounts[0].Hash = quickHash(t, "pw2") // as Passwd does, cheaper
+	f.Accounts = append(f.Accounts, Account{Name: "dev2", Role: iotkv.RoleReader, Hash: quickHash(t, "pw3")})
 	if err := f.Save(path); err != nil {
 		t.Fatal(err)
 	}
