@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -39,11 +40,21 @@ func (l *tlsListener) Init(log *slog.Logger) error {
 }
 
 func (l *tlsListener) Serve(establish listeners.EstablishFn) {
+	var backoff time.Duration
 	for {
 		conn, err := l.ln.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
 		}
+		if err != nil {
+			// Out of file descriptors and the like: wait and go on, as
+			// net/http does, instead of closing MQTT for good.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("mqtt accept failed; retrying", "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
 		_ = conn.SetDeadline(time.Now().Add(l.deadline))
 		l.wg.Add(1)
 		go func() {
