@@ -36,9 +36,9 @@ type Options struct {
 	// TLS is the server configuration; it must require and verify client
 	// certificates (certs.ServerConfig with tls.RequireAndVerifyClientCert).
 	TLS      *tls.Config
-	Accounts *accounts.Store     // required
-	Throttle *accounts.Throttle  // default accounts.NewThrottle()
-	Ingest   Ingest              // required: where device writes go
+	Accounts *accounts.Store       // required
+	Throttle *accounts.Throttle    // default accounts.NewThrottle()
+	Ingest   Ingest                // required: where device writes go
 	Metrics  prometheus.Registerer // default: a private registry
 
 	MaxPacketSize  uint32        // default 1 MiB
