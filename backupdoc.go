@@ -237,5 +237,10 @@ func (r *BackupReader) Entries() int { return r.nEntry }
 
 func (r *BackupReader) fail(err error) error {
 	r.done = true
+	if errors.Is(err, io.EOF) {
+		// Only Next's own io.EOF means a whole document: a cut one must
+		// never look complete (a restore would load half a backup).
+		err = io.ErrUnexpectedEOF
+	}
 	return fmt.Errorf("backup document: %w", err)
 }
