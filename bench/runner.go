@@ -143,7 +143,7 @@ func (r *Runner) stormDevices() int {
 	if len(r.Only) > 0 && !contains(r.Only, "6") {
 		return 0
 	}
-	return r.pick(200, 2000)
+	return r.pick(100, 2000)
 }
 
 // cores is the number of CPUs the Go runtime sees.

@@ -177,7 +177,7 @@ func (r *Runner) scenBackup(ctx context.Context, sec *Section) error {
 	r.Log.Info("backup lag", "p50", p50, "p99", p99, "changes", n, "catch-up", catchUp)
 
 	// Fill to the target key count, then time latest.json and a restore.
-	target := uint64(r.pick(200_000, 1_000_000))
+	target := uint64(r.pick(100_000, 1_000_000))
 	seqs := make([]uint64, len(devs))
 	t0 = time.Now()
 	if err := fill(ctx, clients, devs, seqs, 1_000_000_000, target/uint64(len(devs))); err != nil {

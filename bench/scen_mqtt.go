@@ -113,6 +113,12 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	edge := mqttRun{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) },
 		topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs,
 		after: func(ctx context.Context, s *Server, _ map[int]LoadResult) {
+			if m, err := r.metrics(ctx, s); err == nil && m["iotkv_commit_seconds_count"] > 0 {
+				n := m["iotkv_commit_seconds_count"]
+				sec.Note("Edge group commits during the run: %.0f, mean %.1f ms each (build + fsync), mean %.0f writes (batches) per group.",
+					n, 1000*m["iotkv_commit_seconds_sum"]/n, m["iotkv_commit_group_writes_sum"]/m["iotkv_commit_group_writes_count"])
+				sec.Raw["edge_commit_metrics"] = map[string]float64{"groups": n, "seconds_sum": m["iotkv_commit_seconds_sum"], "writes_sum": m["iotkv_commit_group_writes_sum"]}
+			}
 			n, err := r.appliedSeqs(ctx, s)
 			if err != nil {
 				sec.Note("could not read /v1/devices after the run: %v", err)
