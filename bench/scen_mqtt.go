@@ -298,6 +298,13 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 				}
 				c.Disconnect(100)
 				return nil
+			},
+			after: func(_ context.Context, s *Server, out map[int]LoadResult) {
+				var sent int64
+				for _, v := range out {
+					sent += v.Sent
+				}
+				sec.Note("Check: NATS's JetStream store holds %s after %d QoS 1 messages, so it did store them (it stores nothing without the durable subscriber).", fmtMiB(dirSize(s.Data)), sent)
 			}},
 	}
 	res := map[string]map[int]LoadResult{}

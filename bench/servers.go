@@ -226,7 +226,7 @@ mqtt {
 		proc.Kill()
 		return nil, err
 	}
-	return &Server{Name: "nats-always", MQTT: addr, Proc: proc}, nil
+	return &Server{Name: "nats-always", MQTT: addr, Proc: proc, Data: store}, nil
 }
 
 // Profile takes a CPU profile of a server child for d and saves it under
