@@ -29,7 +29,7 @@ import (
 // rig is a PKI with a master identity, an admin and a device, edges and a
 // master on loopback.
 type rig struct {
-	t   *testing.T
+	t   testing.TB
 	pki *testenv.PKI
 	dir string // master data dir
 
@@ -37,7 +37,7 @@ type rig struct {
 	ids map[*edge.Edge]string
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	r := &rig{t: t, pki: testenv.NewPKI(t), dir: filepath.Join(t.TempDir(), "backups"), ids: map[*edge.Edge]string{}}
 	r.identity("master", iotkv.RoleMaster, certs.RoleMaster)
@@ -214,7 +214,7 @@ func deref(p *int64) int64 {
 }
 
 // readDoc parses a backup document into a map, failing on invalid JSON.
-func readDoc(t *testing.T, rd io.Reader) (iotkv.BackupHeader, map[string]kv, map[string]uint64) {
+func readDoc(t testing.TB, rd io.Reader) (iotkv.BackupHeader, map[string]kv, map[string]uint64) {
 	t.Helper()
 	br, err := iotkv.NewBackupReader(rd)
 	if err != nil {
@@ -579,7 +579,7 @@ func authGet(t *testing.T, url, user string) *http.Request {
 	return req
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !ok() {
