@@ -60,13 +60,14 @@ type committer struct {
 	mu     sync.RWMutex // guards closed against Submit; held shared while sending
 	closed bool
 	reqs   chan *writeReq
+	syncq  chan *group // applied groups waiting for their fsync, in order
 	done   chan struct{}
 
 	// Owned by the loop goroutine.
 	lastSeq map[string]uint64
 	cseq    uint64
 
-	healthy atomic.Bool // false after a failed commit, until one succeeds
+	failed atomic.Bool // set by the first failed commit; see loop
 }
 
 func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onCommit func(committed)) (*committer, error) {
@@ -77,10 +78,10 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onC
 		onCommit: onCommit,
 		now:      time.Now,
 		reqs:     make(chan *writeReq, 4096),
+		syncq:    make(chan *group, 8),
 		done:     make(chan struct{}),
 		lastSeq:  make(map[string]uint64),
 	}
-	c.healthy.Store(true)
 	var err error
 	if c.metrics, err = newCommitMetrics(reg); err != nil {
 		return nil, err
@@ -96,6 +97,7 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onC
 		return nil, err
 	}
 	go c.loop()
+	go c.syncLoop()
 	return c, nil
 }
 
@@ -123,55 +125,75 @@ func (c *committer) close() {
 	<-c.done
 }
 
+// group is one group commit on its way through the pipeline.
+type group struct {
+	reqs     []*writeReq
+	batch    *pebble.Batch // nil when the group failed before reaching Pebble
+	err      error         // set: every write of the group fails
+	results  []commitResult
+	pending  map[string]uint64
+	changes  []Change
+	logBytes int64
+	nops     int
+	start    time.Time
+}
+
+// loop builds each group and applies it to Pebble without waiting for the
+// fsync; syncLoop waits for the fsyncs in order and only then reports. So
+// the next group is encoded and written to the WAL while the previous one
+// is being synced, and Pebble folds their syncs together.
+//
+// The seq state moves on as soon as a group is applied. If an fsync fails,
+// that state may count writes that are not durable, so the committer stops
+// for good (failed): every later write fails, nothing more is
+// acknowledged, /readyz reports it, and a restart reloads the state from
+// what is on disk.
 func (c *committer) loop() {
-	defer close(c.done)
-	group := make([]*writeReq, 0, c.maxGroup)
+	defer close(c.syncq)
 	for first := range c.reqs {
-		group = append(group[:0], first)
+		reqs := []*writeReq{first}
 	drain:
-		for len(group) < c.maxGroup {
+		for len(reqs) < c.maxGroup {
 			select {
 			case r, ok := <-c.reqs:
 				if !ok {
 					break drain
 				}
-				group = append(group, r)
+				reqs = append(reqs, r)
 			default:
 				break drain
 			}
 		}
-		c.commitGroup(group)
+		c.syncq <- c.apply(reqs)
 	}
 }
 
-func (c *committer) commitGroup(group []*writeReq) {
-	start := c.now()
-	nowMs := start.UnixMilli()
+func (c *committer) apply(reqs []*writeReq) *group {
+	g := &group{reqs: reqs, start: c.now(), results: make([]commitResult, len(reqs)), pending: map[string]uint64{}}
+	if c.failed.Load() {
+		g.err = errFailed
+		return g
+	}
+	nowMs := g.start.UnixMilli()
 	batch := c.store.db.NewBatch()
-	defer batch.Close()
-	results := make([]commitResult, len(group))
-	pending := map[string]uint64{}
 	cseq := c.cseq
-	var changes []Change
-	var nops int
-	var logBytes int64
-	for i, r := range group {
-		last := max(c.lastSeq[r.device], pending[r.device])
+	for i, r := range reqs {
+		last := max(c.lastSeq[r.device], g.pending[r.device])
 		if r.refused != nil {
-			results[i].err = r.refused
+			g.results[i].err = r.refused
 			continue
 		}
 		if r.seq > 0 && r.seq <= last {
-			results[i].duplicate = true
-			if _, ok := pending[r.device]; !ok {
-				pending[r.device] = last // re-announce the ack
+			g.results[i].duplicate = true
+			if _, ok := g.pending[r.device]; !ok {
+				g.pending[r.device] = last // re-announce the ack
 			}
 			continue
 		}
 		recs := make([]iotkv.Record, len(r.ops))
 		for j, op := range r.ops {
 			cseq++
-			nops++
+			g.nops++
 			ch := Change{Seq: cseq, Device: r.device, Key: op.Key, Op: op.Op, UpdatedAt: nowMs, DeviceSeq: r.seq}
 			rk := recordKey(r.device, op.Key)
 			if op.Op == iotkv.OpPut {
@@ -186,44 +208,75 @@ func (c *committer) commitGroup(group []*writeReq) {
 			}
 			enc, _ := json.Marshal(ch)
 			_ = batch.Set(changeKey(cseq), enc, nil)
-			logBytes += int64(len(enc))
-			changes = append(changes, ch)
+			g.logBytes += int64(len(enc))
+			g.changes = append(g.changes, ch)
 		}
-		results[i].records = recs
+		g.results[i].records = recs
 		seq := r.seq
 		if seq == 0 {
 			seq = last
 		}
-		pending[r.device] = seq
+		g.pending[r.device] = seq
 		meta, _ := json.Marshal(deviceMeta{LastSeq: seq, LastWrite: nowMs})
 		_ = batch.Set(deviceKey(r.device), meta, nil)
 	}
 	_ = batch.Set(keyChangeSeq, binary.BigEndian.AppendUint64(nil, cseq), nil)
-	err := batch.Commit(pebble.Sync)
-	elapsed := c.now().Sub(start)
-	c.metrics.commitSeconds.Observe(elapsed.Seconds())
-	c.metrics.groupSize.Observe(float64(len(group)))
-	if err != nil {
-		c.metrics.commitErrors.Inc()
-		c.log.Error("commit failed: nothing in this group is acknowledged", "writes", len(group), "err", err)
-		c.healthy.Store(false)
-		for _, r := range group {
-			r.done(commitResult{err: fmt.Errorf("commit: %w", err)})
-		}
-		return
+	// ApplyNoSyncWait is marked experimental in Pebble; it is what
+	// CockroachDB's own write pipeline uses, and the one way to have a
+	// group in the WAL while the previous group's fsync runs.
+	if err := c.store.db.ApplyNoSyncWait(batch, pebble.Sync); err != nil {
+		_ = batch.Close()
+		c.fail(err)
+		g.err = fmt.Errorf("commit: %w", err)
+		return g
 	}
-	c.healthy.Store(true)
+	g.batch = batch
 	c.cseq = cseq
-	for d, s := range pending {
+	for d, s := range g.pending {
 		c.lastSeq[d] = s
 	}
-	c.metrics.ops.Add(float64(nops))
-	c.metrics.writes.Add(float64(len(group)))
-	for i, r := range group {
-		r.done(results[i])
+	return g
+}
+
+// errFailed is the error of writes after a failed commit.
+var errFailed = errors.New("the store failed to make a commit durable; restart the edge once the disk is fixed")
+
+func (c *committer) fail(err error) {
+	if !c.failed.Swap(true) {
+		c.metrics.commitErrors.Inc()
+		c.log.Error("commit failed: nothing more is acknowledged until the edge restarts", "err", err)
 	}
-	if c.onCommit != nil {
-		c.onCommit(committed{changes: changes, acks: pending, logBytes: logBytes})
+}
+
+func (c *committer) syncLoop() {
+	defer close(c.done)
+	for g := range c.syncq {
+		if g.batch != nil {
+			err := g.batch.SyncWait()
+			_ = g.batch.Close()
+			if err != nil {
+				c.fail(err)
+				g.err = fmt.Errorf("commit: %w", err)
+			} else if c.failed.Load() {
+				g.err = errFailed // an earlier group failed: this one's seq state is suspect
+			}
+		}
+		c.metrics.commitSeconds.Observe(c.now().Sub(g.start).Seconds())
+		c.metrics.groupSize.Observe(float64(len(g.reqs)))
+		if g.err != nil {
+			for _, r := range g.reqs {
+				r.done(commitResult{err: g.err})
+			}
+			continue
+		}
+		c.metrics.ops.Add(float64(g.nops))
+		c.metrics.writes.Add(float64(len(g.reqs)))
+		for i, r := range g.reqs {
+			r.done(g.results[i])
+		}
+		if c.onCommit != nil {
+			c.onCommit(committed{changes: g.changes, acks: g.pending, logBytes: g.logBytes})
+		}
 	}
 }
 

@@ -233,8 +233,8 @@ func (e *Edge) HTTPAddr() string { return e.http.Addr() }
 
 // Ready reports whether the edge can take writes.
 func (e *Edge) Ready() error {
-	if !e.c.healthy.Load() {
-		return errors.New("the last commit failed: the store cannot make writes durable")
+	if e.c.failed.Load() {
+		return errFailed
 	}
 	return nil
 }
