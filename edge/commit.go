@@ -103,6 +103,7 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onC
 
 // submit queues a write; done is always called exactly once.
 func (c *committer) submit(r *writeReq) {
+	compactOps(r.ops)
 	c.mu.RLock()
 	if c.closed {
 		c.mu.RUnlock()
@@ -177,6 +178,7 @@ func (c *committer) apply(reqs []*writeReq) *group {
 	nowMs := g.start.UnixMilli()
 	batch := c.store.db.NewBatch()
 	cseq := c.cseq
+	var buf []byte
 	for i, r := range reqs {
 		last := max(c.lastSeq[r.device], g.pending[r.device])
 		if r.refused != nil {
@@ -198,17 +200,18 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			rk := recordKey(r.device, op.Key)
 			if op.Op == iotkv.OpPut {
 				sr := storedRecord{Value: op.Value, TS: op.TS, UpdatedAt: nowMs, Seq: r.seq, ChangeSeq: cseq}
-				enc, _ := json.Marshal(sr) // values are validated JSON: cannot fail
-				_ = batch.Set(rk, enc, nil)
+				buf = appendRecord(buf[:0], sr)
+				_ = batch.Set(rk, buf, nil) // Set copies
+
 				ch.Value, ch.TS = op.Value, op.TS
 				recs[j] = sr.record(r.device, op.Key)
 			} else {
 				_ = batch.Delete(rk, nil)
 				recs[j] = iotkv.Record{Device: r.device, Key: op.Key, UpdatedAt: nowMs, Seq: r.seq, ChangeSeq: cseq}
 			}
-			enc, _ := json.Marshal(ch)
-			_ = batch.Set(changeKey(cseq), enc, nil)
-			g.logBytes += int64(len(enc))
+			buf = appendChange(buf[:0], ch)
+			_ = batch.Set(changeKey(cseq), buf, nil)
+			g.logBytes += int64(len(buf))
 			g.changes = append(g.changes, ch)
 		}
 		g.results[i].records = recs
