@@ -1,11 +1,13 @@
 package device
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"strings"
 	"sync"
@@ -72,6 +74,7 @@ type runState struct {
 	dialing   bool
 	retryAt   time.Time
 	backoff   time.Duration
+	failures  int // dials failed in a row
 	sess      paho.Client // nil when not connected
 	sessGen   uint64
 	nonce     string
@@ -147,7 +150,7 @@ func (c *Client) handle(s *runState, e event) {
 			return
 		}
 		c.q.ack(0) // marks the queue synced when the edge had no seq for us
-		s.inSync = true
+		s.inSync, s.failures = true, 0
 		s.backoff = c.opts.ReconnectMin
 		c.connected.Store(true)
 		st := c.Stats()
@@ -169,8 +172,13 @@ func (c *Client) handle(s *runState, e event) {
 			return
 		}
 		s.dialing = false
+		s.failures++
 		c.setErr(e.err)
-		c.log.Warn("cannot connect to the edge; retrying", "edge", c.opts.Edge, "in", s.backoff, "err", e.err)
+		lvl := slog.LevelDebug
+		if s.failures == 1 || s.failures%20 == 0 {
+			lvl = slog.LevelWarn // not every attempt of a long outage
+		}
+		c.log.Log(context.Background(), lvl, "cannot connect to the edge; retrying", "edge", c.opts.Edge, "in", s.backoff, "attempts", s.failures, "err", e.err)
 		c.scheduleRetry(s)
 	case evLost:
 		if s.sess == nil || e.gen != s.sessGen {
