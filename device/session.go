@@ -74,7 +74,7 @@ type runState struct {
 	dialing   bool
 	retryAt   time.Time
 	backoff   time.Duration
-	failures  int // dials failed in a row
+	failures  int         // dials failed in a row
 	sess      paho.Client // nil when not connected
 	sessGen   uint64
 	nonce     string
