@@ -145,6 +145,8 @@ type LoadResult struct {
 	// ServerCPUus is the server's CPU time per message sent (warm-up
 	// included): a figure that other tenants' noise moves much less.
 	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
+	// Rounds are the msgs/s of every round; the result is the median one.
+	Rounds []float64 `json:"rounds_msgs_per_s,omitempty"`
 }
 
 // Run runs the load and returns its result.
