@@ -101,7 +101,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 
 // OnACLCheck: a device publishes and subscribes only under its own
 // namespace and never publishes to its status/ topics; only role master
-// touches iotkv/v1/backup/; admin may subscribe to anything.
+// touches iotkv/v1/backup/; admin may subscribe under iotkv/v1/devices/.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	user := string(cl.Properties.Username)
 	acct, ok := h.b.opts.Accounts.Lookup(user)
@@ -128,7 +128,8 @@ func allow(role iotkv.Role, user, topic string, write bool) bool {
 	case iotkv.RoleMaster:
 		return strings.HasPrefix(topic, iotkv.BackupPrefix)
 	case iotkv.RoleAdmin:
-		return !write
+		// Watch every device; the backup stream is the master's alone.
+		return !write && strings.HasPrefix(topic, iotkv.DevicesPrefix)
 	}
 	return false
 }

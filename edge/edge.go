@@ -201,7 +201,7 @@ func Open(opts Options) (_ *Edge, err error) {
 		return nil, err
 	}
 	handler := rest.NewEdgeHandler(rest.EdgeOptions{
-		KV: &kv{store: e.store, c: e.c, conn: e.broker.ConnectedUsers}, Auth: auth, Metrics: metrics,
+		KV: &kv{store: e.store, c: e.c, conn: e.connectedDevices}, Auth: auth, Metrics: metrics,
 		Gatherer: reg, Ready: e.Ready, Limits: opts.Limits, Logger: e.log,
 	})
 	e.http, err = rest.Listen(opts.HTTPAddr, httpTLS, handler, e.log)
@@ -237,6 +237,18 @@ func (e *Edge) Ready() error {
 		return errFailed
 	}
 	return nil
+}
+
+// connectedDevices lists the connected accounts of role device (not the
+// master, not an admin watching).
+func (e *Edge) connectedDevices() map[string]bool {
+	out := e.broker.ConnectedUsers()
+	for name := range out {
+		if e.accounts.Role(name) != iotkv.RoleDevice {
+			delete(out, name)
+		}
+	}
+	return out
 }
 
 // committed runs in the committer's goroutine after each durable group.
