@@ -25,6 +25,10 @@ type tlsListener struct {
 	ln        net.Listener
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // every connection still being served
+	done  bool
 }
 
 var _ listeners.Listener = (*tlsListener)(nil)
@@ -56,9 +60,14 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 		}
 		backoff = 0
 		_ = conn.SetDeadline(time.Now().Add(l.deadline))
+		if !l.track(conn) {
+			_ = conn.Close()
+			return
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
+			defer l.untrack(conn)
 			if err := establish(l.id, conn); err != nil {
 				l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "err", err)
 			}
@@ -85,8 +94,37 @@ func (l *tlsListener) stopAccepting() {
 	})
 }
 
+func (l *tlsListener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return false
+	}
+	if l.conns == nil {
+		l.conns = map[net.Conn]struct{}{}
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+func (l *tlsListener) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+}
+
+// Close disconnects mochi's clients, then closes every connection still
+// open: one still in its TLS handshake or waiting for bcrypt is not yet a
+// mochi client, and would otherwise attach after closeClients and keep
+// Close waiting.
 func (l *tlsListener) Close(closeClients listeners.CloseFn) {
 	l.stopAccepting()
 	closeClients(l.id)
+	l.mu.Lock()
+	l.done = true
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
 	l.wg.Wait()
 }
