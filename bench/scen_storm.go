@@ -164,7 +164,7 @@ func bcryptCheck(cost int) time.Duration {
 func (r *Runner) scenStorm(ctx context.Context, sec *Section) error {
 	check := bcryptCheck(deviceCost)
 	// As many devices as the identities cached allow and a cold phase of
-	// about a minute (full) fits: the cold phases are bcrypt-bound.
+	// about 45 s (full) fits: the cold phases are bcrypt-bound.
 	n := r.stormDevices()
 	if !r.Quick {
 		fit := int(45 * time.Second * time.Duration(cores()) / check)
