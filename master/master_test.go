@@ -346,9 +346,17 @@ func TestChangesOverMQTTAndRESTReachLatestJSONWithinTheInterval(t *testing.T) {
 		t.Fatal("the reader never saw latest.json")
 	}
 
-	st := m.Status()[0]
-	if st.Seq != h.Seq || st.Keys != len(want) {
-		t.Fatalf("status %+v, want seq %d keys %d", st, h.Seq, len(want))
+	// Status catches up with the file a moment after the rename.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := m.Status()[0]
+		if st.Seq == h.Seq && st.Keys == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v, want seq %d keys %d", st, h.Seq, len(want))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
