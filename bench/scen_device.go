@@ -184,6 +184,7 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 	writes.WriteString("q\n")
 	menu.WriteString("q\n")
 	reps := r.pick(1, 3)
+	var firstWall []float64 // the first run of each workload: the edge's credential cache is cold
 	run := func(input string) (timed, error) {
 		var ts []timed
 		for i := 0; i < reps; i++ {
@@ -199,6 +200,9 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 			mu, md := mp.Bytes()
 			hu, hd := hp.Bytes()
 			t.Up, t.Down = mu+hu, md+hd
+			if i == 0 {
+				firstWall = append(firstWall, t.Wall)
+			}
 			ts = append(ts, t)
 		}
 		return median(ts), nil
@@ -255,6 +259,9 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 	sec.Row("replaced C++ client, 100 writes (measured on this kind of machine; its paper: 32 s, 7.9 MB)", "≈ 30 s", "–", "9.3 MB", "–", "–", "1×", "1×")
 	sec.Note("Measured with `/usr/bin/time -f '%s'`, median of %d run(s), against one edge on loopback through a byte-counting TCP proxy (MQTT and HTTPS both counted, TLS handshakes included). iotkv-device is the release build (CGO_ENABLED=0, -trimpath, -s -w): %.1f MB. Each run starts with a fresh queue dir, so it also learns its seq from the retained status/ack.",
 		timeFormat, reps, float64(st.Size())/1e6)
+	if len(firstWall) == 2 {
+		sec.Note("First run of each workload, the edge's credential cache still cold (one bcrypt cost-10 check at login): %.2f s (100 writes), %.2f s (menu workload).", firstWall[0], firstWall[1])
+	}
 	sec.Check("100 writes through iotkv-device shell < 0.3 s wall", w.Wall, w.Wall < 0.3, "%.2f s (%.0f× faster than the C++ client's 30 s)", w.Wall, 30/max(w.Wall, 0.001))
 	sec.Check("full menu workload < 0.3 s wall", m.Wall, m.Wall < 0.3, "%.2f s", m.Wall)
 	rss := float64(max(w.MaxRSSKiB, m.MaxRSSKiB)) / 1000
