@@ -36,6 +36,9 @@ type RestoreOptions struct {
 	Logger *slog.Logger
 	// ProgressEvery is the interval of progress lines; default 1s.
 	ProgressEvery time.Duration
+	// Source, when set, opens the backup document instead of fetching it
+	// from URL (--restore-from s3://...: read from object storage).
+	Source func(ctx context.Context) (io.ReadCloser, error)
 }
 
 // Restore fills an empty DataDir with the edge's backup from the master:
@@ -65,31 +68,17 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	if !empty && !o.Force {
 		return fmt.Errorf("restore: data dir %s is not empty; refusing to overwrite it (use --force)", o.DataDir)
 	}
-	tc, err := certs.ClientConfig(o.TLSFiles)
+	var body io.ReadCloser
+	if o.Source != nil {
+		log.Info("restore: reading backup")
+		body, err = o.Source(ctx)
+	} else {
+		body, err = fetchBackup(ctx, o, log)
+	}
 	if err != nil {
-		return fmt.Errorf("restore: %w", err)
+		return err
 	}
-	u, err := url.Parse(strings.TrimRight(o.URL, "/"))
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("restore: --restore-from %q: want https://host:port", o.URL)
-	}
-	u = u.JoinPath("v1", "backups", o.ID)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	req.SetBasicAuth(o.Name, o.Password)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ResponseHeaderTimeout: time.Minute}}
-	log.Info("restore: fetching backup", "url", u.String())
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("restore: fetch %s: %w", u, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		return fmt.Errorf("restore: %s answered %s: %s", u, resp.Status, strings.TrimSpace(string(body)))
-	}
+	defer body.Close()
 
 	tmp := filepath.Clean(o.DataDir) + ".restore"
 	if err := os.RemoveAll(tmp); err != nil {
@@ -99,7 +88,7 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	counted := &countingReader{r: resp.Body}
+	counted := &countingReader{r: body}
 	start := time.Now()
 	stopProgress := make(chan struct{})
 	progressDone := make(chan struct{})
@@ -211,6 +200,36 @@ func LoadBackup(r io.Reader, id string, store *Store, progress func(entries int)
 		progress(br.Entries())
 	}
 	return br.Header, devices, commit(true)
+}
+
+// fetchBackup GETs the backup from the master over HTTPS.
+func fetchBackup(ctx context.Context, o RestoreOptions, log *slog.Logger) (io.ReadCloser, error) {
+	tc, err := certs.ClientConfig(o.TLSFiles)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	u, err := url.Parse(strings.TrimRight(o.URL, "/"))
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("restore: --restore-from %q: want https://host:port", o.URL)
+	}
+	u = u.JoinPath("v1", "backups", o.ID)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	req.SetBasicAuth(o.Name, o.Password)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ResponseHeaderTimeout: time.Minute}}
+	log.Info("restore: fetching backup", "url", u.String())
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("restore: fetch %s: %w", u, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+		return nil, fmt.Errorf("restore: %s answered %s: %s", u, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return resp.Body, nil
 }
 
 func takenAtMillis(s string) int64 {

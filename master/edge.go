@@ -699,6 +699,11 @@ type Status struct {
 	SnapshotSeq uint64     `json:"snapshot_seq"`
 	Pending     int        `json:"pending"` // keys changed since latest.json
 	LastContact *time.Time `json:"last_contact"`
+	// With --store s3://: the store, its last error, and whether this
+	// master holds the edge's lease.
+	Store      string `json:"store,omitempty"`
+	StoreError string `json:"store_error,omitempty"`
+	Leader     *bool  `json:"leader,omitempty"`
 }
 
 func (eb *edgeBackup) status() Status {

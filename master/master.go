@@ -33,6 +33,7 @@ import (
 	"github.com/iotkv/iotkv/accounts"
 	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/rest"
+	"github.com/iotkv/iotkv/s3store"
 )
 
 // Edge is one edge to follow.
@@ -43,7 +44,7 @@ type Edge struct {
 
 // Options configure a master. Zero values take the documented defaults.
 type Options struct {
-	DataDir  string      // required
+	DataDir  string      // required unless Store is set
 	Name     string      // account and certificate name; default "master"
 	Password string      // required: the account's password on the edges
 	TLSFiles certs.Paths // required: CA, the master's certificate and key
@@ -60,13 +61,37 @@ type Options struct {
 	Logger       *slog.Logger
 	Registry     *prometheus.Registry
 
+	// Store keeps the backups in object storage instead of DataDir
+	// (see s3edge.go). Then:
+	FlushInterval time.Duration // a segment at least this often; default 1s
+	FlushBytes    int           // or when this much is buffered; default 1 MiB
+	LeaseTTL      time.Duration // default 10s
+	LeaseMargin   time.Duration // default LeaseTTL/2
+	FollowerGrace time.Duration // a follower fills a missing segment after this; default 3×FlushInterval
+	Store         *s3store.Store
+
+	// crash makes Close of an S3 master behave like kill -9 for the store:
+	// nothing flushed, the lease kept (tests).
+	crash bool
 	// dropHook lets tests lose backup messages on purpose.
 	dropHook func(edge, kind string, payload []byte) bool
 }
 
 func (o *Options) validate() error {
-	if o.DataDir == "" {
-		return errors.New("master: data dir is required")
+	if o.DataDir == "" && o.Store == nil {
+		return errors.New("master: a data dir or a store is required")
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = time.Second
+	}
+	if o.FlushBytes <= 0 {
+		o.FlushBytes = 1 << 20
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 10 * time.Second
+	}
+	if o.FollowerGrace <= 0 {
+		o.FollowerGrace = 3 * o.FlushInterval
 	}
 	if o.Name == "" {
 		o.Name = "master"
@@ -122,7 +147,8 @@ func (o *Options) validate() error {
 type Master struct {
 	opts     Options
 	log      *slog.Logger
-	edges    map[string]*edgeBackup
+	edges    map[string]*edgeBackup // with DataDir
+	follow   map[string]follower    // every edge, whatever the storage
 	order    []string
 	accounts *accounts.Store
 	http     *rest.Server
@@ -140,14 +166,16 @@ func Open(opts Options) (_ *Master, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), edges: map[string]*edgeBackup{}}
+	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), edges: map[string]*edgeBackup{}, follow: map[string]follower{}}
 	defer func() {
 		if err != nil {
 			_ = m.Close(context.Background())
 		}
 	}()
-	if err := os.MkdirAll(opts.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("master: %w", err)
+	if opts.Store == nil {
+		if err := os.MkdirAll(opts.DataDir, 0o755); err != nil {
+			return nil, fmt.Errorf("master: %w", err)
+		}
 	}
 	met, err := newMetrics(opts.Registry)
 	if err != nil {
@@ -157,19 +185,30 @@ func Open(opts Options) (_ *Master, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range opts.Edges {
-		eb, err := newEdgeBackup(e.ID, e.Addr, &m.opts, met)
-		if err != nil {
+	var sm *s3Metrics
+	if opts.Store != nil {
+		if sm, err = newS3Metrics(opts.Registry, opts.Store); err != nil {
 			return nil, err
 		}
-		m.edges[e.ID] = eb
+	}
+	for _, e := range opts.Edges {
+		if opts.Store != nil {
+			m.follow[e.ID] = newS3Edge(e.ID, e.Addr, &m.opts, met, sm)
+		} else {
+			eb, err := newEdgeBackup(e.ID, e.Addr, &m.opts, met)
+			if err != nil {
+				return nil, err
+			}
+			m.edges[e.ID] = eb
+			m.follow[e.ID] = eb
+		}
 		m.order = append(m.order, e.ID)
 	}
 	for _, id := range m.order {
-		eb := m.edges[id]
-		eb.client = m.newClient(eb, clientTLS.Clone())
-		go eb.run()
-		eb.client.Connect() // with ConnectRetry it keeps trying in the background
+		f := m.follow[id]
+		f.setClient(m.newClient(f, clientTLS.Clone()))
+		go f.run()
+		f.mqtt().Connect() // with ConnectRetry it keeps trying in the background
 	}
 	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, Logger: m.log})
 	if err != nil {
@@ -206,16 +245,20 @@ func Open(opts Options) (_ *Master, err error) {
 		defer m.wg.Done()
 		m.accounts.Watch(ctx)
 	}()
-	m.log.Info("listening", "https", m.HTTPAddr(), "data", opts.DataDir, "edges", len(opts.Edges))
+	where := opts.DataDir
+	if opts.Store != nil {
+		where = opts.Store.String()
+	}
+	m.log.Info("listening", "https", m.HTTPAddr(), "data", where, "edges", len(opts.Edges))
 	return m, nil
 }
 
 // newClient makes a paho client that reconnects forever; each (re)connect
 // subscribes and asks the edge for everything after our seq.
-func (m *Master) newClient(eb *edgeBackup, tc *tls.Config) paho.Client {
+func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 	o := paho.NewClientOptions()
-	o.AddBroker("tls://" + eb.addr)
-	o.SetClientID(m.opts.Name + "-" + eb.id)
+	o.AddBroker("tls://" + eb.edgeAddr())
+	o.SetClientID(m.opts.Name + "-" + eb.edgeID())
 	o.SetUsername(m.opts.Name)
 	o.SetPassword(m.opts.Password)
 	o.SetTLSConfig(tc)
@@ -239,18 +282,18 @@ func (m *Master) newClient(eb *edgeBackup, tc *tls.Config) paho.Client {
 	o.SetOnConnectHandler(func(c paho.Client) {
 		filters := map[string]byte{}
 		for _, k := range []string{iotkv.BackupKindChanges, iotkv.BackupKindSnapshot, iotkv.BackupKindHello} {
-			filters[iotkv.BackupTopic(eb.id, k)] = 1
+			filters[iotkv.BackupTopic(eb.edgeID(), k)] = 1
 		}
 		tok := c.SubscribeMultiple(filters, handler)
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			eb.log.Error("backup subscribe failed; reconnecting", "err", tok.Error())
+			eb.logger().Error("backup subscribe failed; reconnecting", "err", tok.Error())
 			return
 		}
-		eb.log.Info("connected to edge", "addr", eb.addr)
+		eb.logger().Info("connected to edge", "addr", eb.edgeAddr())
 		eb.deliver(event{kind: "connected"})
 	})
 	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
-		eb.log.Warn("connection to edge lost", "addr", eb.addr, "err", err)
+		eb.logger().Warn("connection to edge lost", "addr", eb.edgeAddr(), "err", err)
 		eb.deliver(event{kind: "lost"})
 	})
 	return paho.NewClient(o)
@@ -263,16 +306,17 @@ func (m *Master) HTTPAddr() string { return m.http.Addr() }
 func (m *Master) Status() []Status {
 	out := make([]Status, 0, len(m.order))
 	for _, id := range m.order {
-		out = append(out, m.edges[id].status())
+		out = append(out, m.follow[id].status())
 	}
 	return out
 }
 
-// Ready reports whether every edge has been reached at least once.
+// Ready reports whether every edge is connected (and, with a store,
+// whether the store was reachable at the last request).
 func (m *Master) Ready() error {
 	for _, id := range m.order {
-		if !m.edges[id].status().Connected {
-			return fmt.Errorf("edge %s is not connected", id)
+		if err := m.follow[id].ready(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -288,16 +332,12 @@ func (m *Master) Close(ctx context.Context) error {
 			errs = append(errs, m.http.Close(ctx))
 		}
 		for _, id := range m.order {
-			if c := m.edges[id].client; c != nil {
+			if c := m.follow[id].mqtt(); c != nil {
 				c.Disconnect(250)
 			}
 		}
 		for _, id := range m.order {
-			eb := m.edges[id]
-			close(eb.stop)
-			if eb.client != nil {
-				<-eb.done
-			}
+			m.follow[id].halt()
 		}
 		if m.stopWatch != nil {
 			m.stopWatch()
@@ -339,7 +379,7 @@ func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
 		rest.WriteError(w, http.StatusForbidden, iotkv.CodeNotAuthorized, "only an admin or edge "+id+" itself may read this backup")
 		return
 	}
-	eb, ok := m.edges[id]
+	eb, ok := m.follow[id]
 	if !ok {
 		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no backup of edge "+id)
 		return

@@ -8,6 +8,7 @@ import (
 	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/cliutil"
+	"github.com/iotkv/iotkv/s3store"
 )
 
 // tlsFlags are --certs D and the --ca/--cert/--key overrides.
@@ -61,6 +62,8 @@ func edgeCmd(args []string) error {
 	name := fs.String("name", "", "account name for --restore-from (default: the edge id)")
 	pwFile := fs.String("password-file", "", "password for --restore-from (first line; IOTKV_PASSWORD as fallback)")
 	force := fs.Bool("force", false, "with --restore-from: replace a data dir that is not empty")
+	s3Endpoint := fs.String("s3-endpoint", "", "with --restore-from s3://...: S3 endpoint URL (path-style); default AWS")
+	s3Region := fs.String("s3-region", "", "with --restore-from s3://...: S3 region")
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
@@ -89,11 +92,13 @@ func edgeCmd(args []string) error {
 		if *name == "" {
 			*name = *id
 		}
-		pw, err := cliutil.ReadPassword(*pwFile)
-		if err != nil {
-			return err
+		pw := ""
+		if !s3store.IsURL(*restoreFrom) { // object storage uses AWS credentials instead
+			if pw, err = cliutil.ReadPassword(*pwFile); err != nil {
+				return err
+			}
 		}
-		if err := restoreEdge(ctx, log, *restoreFrom, *id, *name, pw, *data, paths, *force); err != nil {
+		if err := restoreEdge(ctx, log, *restoreFrom, *id, *name, pw, *data, paths, *force, *s3Endpoint, *s3Region); err != nil {
 			return err
 		}
 	}

@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/cliutil"
 	"github.com/iotkv/iotkv/master"
+	"github.com/iotkv/iotkv/s3store"
 )
 
 func masterCmd(args []string) error {
@@ -19,7 +23,13 @@ func masterCmd(args []string) error {
 	lf.Register(fs)
 	var tf tlsFlags
 	tf.register(fs)
-	data := fs.String("data", "", "backup directory (required)")
+	data := fs.String("data", "", "backup directory (this or --store is required)")
+	store := fs.String("store", "", "keep the backups in object storage: s3://BUCKET/PREFIX")
+	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL for MinIO/Ceph/versitygw (path-style); default AWS")
+	s3Region := fs.String("s3-region", "", "S3 region (default $AWS_REGION, then us-east-1)")
+	flushInterval := fs.Duration("flush-interval", time.Second, "with --store: store a segment at least this often")
+	flushBytesS := fs.String("flush-bytes", "1MiB", "with --store: or when this much is buffered (B, KiB, MiB)")
+	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "with --store: lease time of the master that compacts")
 	acc := fs.String("accounts", "", "accounts file for the REST API (required)")
 	pwFile := fs.String("password-file", "", "the master account's password (first line; IOTKV_PASSWORD as fallback)")
 	edges := fs.String("edges", "", "edges to follow: id=host:port,... (required)")
@@ -34,8 +44,12 @@ func masterCmd(args []string) error {
 	} else if len(pos) > 0 {
 		return cliutil.Usagef("master: unexpected argument %q", pos[0])
 	}
-	if *data == "" || *acc == "" || *edges == "" {
-		return cliutil.Usagef("master: --data, --accounts and --edges are required")
+	if (*data == "") == (*store == "") || *acc == "" || *edges == "" {
+		return cliutil.Usagef("master: one of --data or --store, and --accounts and --edges are required")
+	}
+	flushBytes, err := parseBytes(*flushBytesS)
+	if err != nil || *flushInterval <= 0 || flushBytes <= 0 || *leaseTTL <= 0 {
+		return cliutil.Usagef("master: --flush-interval, --flush-bytes and --lease-ttl must be positive")
 	}
 	if *interval <= 0 {
 		return cliutil.Usagef("master: --snapshot-interval must be positive")
@@ -59,9 +73,22 @@ func masterCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	var st *s3store.Store
+	if *store != "" {
+		if _, _, err := s3store.ParseURL(*store); err != nil {
+			return cliutil.Usagef("master: --store: %v", err)
+		}
+		if st, err = s3store.Open(s3store.Options{URL: *store, Endpoint: *s3Endpoint, Region: *s3Region, Logger: log}); err != nil {
+			return cliutil.Usagef("master: %v", err)
+		}
+		if err := st.Ping(context.Background()); err != nil {
+			log.Warn("object storage not reachable yet: not ready until it is", "err", err)
+		}
+	}
 	ctx, stop := cliutil.SignalContext()
 	defer stop()
 	m, err := master.Open(master.Options{
+		Store: st, FlushInterval: *flushInterval, FlushBytes: flushBytes, LeaseTTL: *leaseTTL,
 		DataDir: *data, Name: *name, Password: pw, TLSFiles: paths, Accounts: *acc, Edges: list,
 		HTTPAddr: *httpAddr, RestClientCert: *restCert, SnapshotInterval: *interval, MaxPending: *maxPending,
 		Logger: log,
@@ -100,8 +127,39 @@ func parseEdges(s string) ([]master.Edge, error) {
 	return out, nil
 }
 
-func restoreEdge(ctx context.Context, log *slog.Logger, url, id, name, password, dataDir string, paths certs.Paths, force bool) error {
-	return edge.Restore(ctx, edge.RestoreOptions{
+// restoreEdge restores from a master (https://) or, with no master
+// running, straight from object storage (s3://BUCKET/PREFIX; the endpoint
+// and region come from --s3-endpoint/--s3-region, credentials from AWS_*).
+func restoreEdge(ctx context.Context, log *slog.Logger, url, id, name, password, dataDir string, paths certs.Paths, force bool, s3Endpoint, s3Region string) error {
+	o := edge.RestoreOptions{
 		URL: url, ID: id, Name: name, Password: password, TLSFiles: paths, DataDir: dataDir, Force: force, Logger: log,
-	})
+	}
+	if s3store.IsURL(url) {
+		st, err := s3store.Open(s3store.Options{URL: url, Endpoint: s3Endpoint, Region: s3Region, Logger: log})
+		if err != nil {
+			return cliutil.Usagef("edge: --restore-from: %v", err)
+		}
+		o.Source = func(ctx context.Context) (io.ReadCloser, error) { return st.OpenState(ctx, id), nil }
+	}
+	return edge.Restore(ctx, o)
+}
+
+// parseBytes reads 1048576, 512KiB, 1MiB, 1MB.
+func parseBytes(s string) (int, error) {
+	s = strings.TrimSpace(s)
+	mult := 1
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000_000}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mult, nil
 }

@@ -1,0 +1,190 @@
+package master
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/iotkv/iotkv/edge"
+	"github.com/iotkv/iotkv/internal/testenv"
+	"github.com/iotkv/iotkv/s3store"
+)
+
+func openStore(t testing.TB, s3 *testenv.S3, prefix string) *s3store.Store {
+	t.Helper()
+	st, err := s3store.Open(s3store.Options{URL: s3.URL(prefix), Endpoint: s3.Endpoint, Creds: s3.Creds(), RequestTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func (r *rig) startS3Master(edges []*edge.Edge, st *s3store.Store, name string, mod func(*Options)) *Master {
+	return r.startMaster(edges, func(o *Options) {
+		o.DataDir, o.Store, o.Name = "", st, "master"
+		o.Registry = prometheus.NewRegistry()
+		o.FlushInterval = 200 * time.Millisecond
+		o.SnapshotInterval = time.Second
+		o.LeaseTTL = time.Second
+		if mod != nil {
+			mod(o)
+		}
+		_ = name
+	})
+}
+
+// restoreFromS3 reads the state of edgeID from the store with no master.
+func restoreFromS3(t testing.TB, st *s3store.Store, edgeID string) (map[string]kv, map[string]uint64, uint64) {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := st.WriteState(context.Background(), &buf, edgeID, ""); err != nil {
+		t.Fatal(err)
+	}
+	h, got, devs := readDoc(t, &buf)
+	return got, devs, h.Seq
+}
+
+func TestS3MasterUnderLoadRestoresWithNoMasterRunning(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	r := newRig(t)
+	data := filepath.Join(t.TempDir(), "e1")
+	e1 := r.startEdge("e1", data, "", nil)
+	st := openStore(t, s3, "fleet")
+	m := r.startS3Master([]*edge.Edge{e1}, st, "master", nil)
+	start := time.Now()
+	r.publishBatches(e1, 1, 150, 5, "load")
+	r.restPut(e1, "d2", "x", `{"via":"rest"}`)
+	want := r.edgeState(e1, "d1", "d2")
+	waitFor(t, 10*time.Second, "the master to store and confirm everything", func() bool {
+		s := m.Status()[0]
+		return s.Seq > 0 && s.Seq == s.EdgeSeq && s.Pending == 0
+	})
+	t.Logf("150 batches stored and confirmed %v after the first write", time.Since(start).Round(time.Millisecond))
+	puts := counter(st.Metrics().Requests("put_segment", "ok"))
+	t.Logf("segment PUTs: %v", puts)
+	if err := m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, devs, _ := restoreFromS3(t, st, "e1")
+	if !equalState(got, want) {
+		t.Fatalf("restored state differs: %d keys, want %d; %s", len(got), len(want), firstDiff(got, want))
+	}
+	if devs["d1"] != 150 {
+		t.Fatalf("d1 last seq = %d, want 150", devs["d1"])
+	}
+	// And the edge's own restore path, from a fresh data dir, no master.
+	if err := e1.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	restored := filepath.Join(t.TempDir(), "e1r")
+	if err := edge.Restore(context.Background(), edge.RestoreOptions{ID: "e1", DataDir: restored,
+		Source: func(ctx context.Context) (io.ReadCloser, error) { return st.OpenState(ctx, "e1"), nil }}); err != nil {
+		t.Fatal(err)
+	}
+	e1b := r.startEdge("e1", restored, "", nil)
+	if got := r.edgeState(e1b, "d1", "d2"); !equalState(got, want) {
+		t.Fatalf("restored edge differs: %s", firstDiff(got, want))
+	}
+}
+
+func TestS3OutageStopsConfirmationsAndCatchesUpAfter(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	r := newRig(t)
+	ereg := prometheus.NewRegistry()
+	e1 := r.startEdge("e1", "", "", func(o *edge.Options) { o.Registry = ereg })
+	st := openStore(t, s3, "outage")
+	m := r.startS3Master([]*edge.Edge{e1}, st, "master", nil)
+	r.publishBatches(e1, 1, 20, 2, "a")
+	waitFor(t, 10*time.Second, "everything confirmed", func() bool {
+		s := m.Status()[0]
+		return s.Seq > 0 && s.Seq == s.EdgeSeq && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(s.Seq)
+	})
+	ready := func() int {
+		resp, err := http.Get("https://" + m.HTTPAddr() + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	_ = ready
+	if err := m.Ready(); err != nil {
+		t.Fatalf("not ready before the outage: %v", err)
+	}
+	confirmedBefore := gauge(ereg, "iotkv_backup_confirmed_seq")
+
+	s3.Stop()
+	r.publishBatches(e1, 21, 20, 2, "b")
+	waitFor(t, 10*time.Second, "the master to see the new changes and turn unready", func() bool {
+		s := m.Status()[0]
+		return s.EdgeSeq > uint64(confirmedBefore) && m.Ready() != nil
+	})
+	// Everything new reached the master, which cannot store it: nothing
+	// may be confirmed for as long as S3 is away.
+	waitFor(t, 10*time.Second, "the new changes buffered", func() bool { return m.Status()[0].Pending > 0 })
+	for i := 0; i < 2; i++ {
+		if got := gauge(ereg, "iotkv_backup_confirmed_seq"); got != confirmedBefore {
+			t.Fatalf("confirmed moved from %v to %v while S3 was down", confirmedBefore, got)
+		}
+		waitFor(t, 5*time.Second, "another failed attempt", func() bool {
+			return counter(st.Metrics().Requests("put_segment", "error")) > float64(i)
+		})
+	}
+	s3.Start()
+	want := r.edgeState(e1, "d1")
+	waitFor(t, 20*time.Second, "catch-up after the outage", func() bool {
+		s := m.Status()[0]
+		return m.Ready() == nil && s.Seq == s.EdgeSeq && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(s.Seq)
+	})
+	got, _, _ := restoreFromS3(t, st, "e1")
+	if !equalState(got, want) {
+		t.Fatalf("state after the outage differs: %s", firstDiff(got, want))
+	}
+}
+
+func TestTwoS3MastersTakeOverWhenTheLeaseHolderDies(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	r := newRig(t)
+	ereg := prometheus.NewRegistry()
+	e1 := r.startEdge("e1", "", "", func(o *edge.Options) { o.Registry = ereg })
+	stA, stB := openStore(t, s3, "ha"), openStore(t, s3, "ha")
+	mA := r.startS3Master([]*edge.Edge{e1}, stA, "a", func(o *Options) { o.crash = true })
+	waitFor(t, 10*time.Second, "master A to hold the lease", func() bool { l := mA.Status()[0].Leader; return l != nil && *l })
+	mB := r.startS3Master([]*edge.Edge{e1}, stB, "b", nil)
+	r.publishBatches(e1, 1, 30, 3, "a")
+	waitFor(t, 10*time.Second, "both masters at the edge's seq", func() bool {
+		a, b := mA.Status()[0], mB.Status()[0]
+		return a.Seq > 0 && a.Seq == a.EdgeSeq && b.Seq == a.Seq
+	})
+	if l := mB.Status()[0].Leader; l == nil || *l {
+		t.Fatal("master B holds the lease while A is alive")
+	}
+	bPuts := counter(stB.Metrics().Requests("put_segment", "ok"))
+
+	// A dies without a word: its lease stays in S3 until it expires.
+	if err := mA.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	died := time.Now()
+	r.publishBatches(e1, 31, 30, 3, "b")
+	waitFor(t, 10*time.Second, "master B to take the lease over", func() bool { l := mB.Status()[0].Leader; return l != nil && *l })
+	t.Logf("takeover %v after the holder died (TTL 1s + margin 0.5s)", time.Since(died).Round(time.Millisecond))
+	want := r.edgeState(e1, "d1")
+	waitFor(t, 10*time.Second, "B to store and confirm everything", func() bool {
+		b := mB.Status()[0]
+		return b.Seq == b.EdgeSeq && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(b.Seq)
+	})
+	if bPuts != 0 {
+		t.Logf("B wrote %v segments while A was alive (grace fills)", bPuts)
+	}
+	got, _, _ := restoreFromS3(t, stB, "e1")
+	if !equalState(got, want) {
+		t.Fatalf("state after takeover differs: %s", firstDiff(got, want))
+	}
+}

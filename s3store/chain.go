@@ -1,0 +1,604 @@
+package s3store
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/iotkv/iotkv"
+)
+
+// Manifest is manifest.json: where a restore of one incarnation starts.
+// SnapSeq only moves forward (compare-and-swap with If-Match).
+type Manifest struct {
+	Edge        string `json:"edge"`
+	Incarnation string `json:"incarnation"`
+	SnapSeq     uint64 `json:"snap_seq"` // 0: no snapshot, the chain starts at seq 1
+	Snapshot    string `json:"snapshot,omitempty"`
+	CreatedAt   string `json:"created_at"`
+	UpdatedAt   string `json:"updated_at"`
+	Writer      string `json:"writer"`
+	Rev         uint64 `json:"rev"`
+}
+
+func now() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
+// ReadManifest returns the manifest and its ETag; ErrNotFound when the
+// incarnation has none yet.
+func (s *Store) ReadManifest(ctx context.Context, edge, inc string) (Manifest, string, error) {
+	var m Manifest
+	data, info, err := s.get(ctx, "manifest", s.manifestKey(edge, inc))
+	if err != nil {
+		return m, "", err
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, "", fmt.Errorf("s3store: manifest of %s/%s: %w", edge, inc, err)
+	}
+	return m, info.ETag, nil
+}
+
+// AdvanceManifest moves the manifest of edge/inc to snapshot seq (never
+// back), creating it when missing. It retries lost races; a manifest
+// already at or past seq is success.
+func (s *Store) AdvanceManifest(ctx context.Context, edge, inc string, seq uint64) error {
+	for attempt := 0; attempt < 5; attempt++ {
+		m, etag, err := s.ReadManifest(ctx, edge, inc)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			m = Manifest{Edge: edge, Incarnation: inc, CreatedAt: now()}
+			etag = "*"
+		case err != nil:
+			return err
+		}
+		if etag != "*" && m.SnapSeq >= seq && (seq == 0 || m.Snapshot != "") {
+			return nil
+		}
+		m.SnapSeq, m.UpdatedAt, m.Writer, m.Rev = seq, now(), s.nonce, m.Rev+1
+		if seq > 0 {
+			m.Snapshot = strings.TrimPrefix(s.SnapshotKey(edge, inc, seq), s.incDir(edge, inc))
+		}
+		body, _ := json.Marshal(m)
+		_, err = s.put(ctx, "manifest", s.manifestKey(edge, inc), append(body, '\n'), etag, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		// Lost, or our own retried write: read again and decide.
+		if got, _, rerr := s.ReadManifest(ctx, edge, inc); rerr == nil && got.Writer == s.nonce && got.Rev == m.Rev {
+			return nil
+		}
+	}
+	return fmt.Errorf("s3store: manifest of %s/%s: %w (too many lost races)", edge, inc, ErrConflict)
+}
+
+// Incarnations lists the incarnations stored for edge.
+func (s *Store) Incarnations(ctx context.Context, edge string) ([]string, error) {
+	p := s.prefix + "edges/" + edge + "/"
+	keys, err := s.list(ctx, p, true)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, k := range keys {
+		if inc, ok := strings.CutSuffix(strings.TrimPrefix(k, p), "/"); ok && inc != "" {
+			out = append(out, inc)
+		}
+	}
+	return out, nil
+}
+
+// Edges lists the edges with a backup in the store.
+func (s *Store) Edges(ctx context.Context) ([]string, error) {
+	p := s.prefix + "edges/"
+	keys, err := s.list(ctx, p, true)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, k := range keys {
+		if e, ok := strings.CutSuffix(strings.TrimPrefix(k, p), "/"); ok && e != "" {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// Current finds the incarnation a restore of edge uses: the one whose
+// manifest was created last (an edge makes a new incarnation only when
+// its store is rebuilt, minutes apart at least).
+func (s *Store) Current(ctx context.Context, edge string) (Manifest, error) {
+	incs, err := s.Incarnations(ctx, edge)
+	if err != nil {
+		return Manifest{}, err
+	}
+	var best Manifest
+	found := false
+	for _, inc := range incs {
+		m, _, err := s.ReadManifest(ctx, edge, inc)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return Manifest{}, err
+		}
+		if !found || m.CreatedAt > best.CreatedAt {
+			best, found = m, true
+		}
+	}
+	if !found {
+		return Manifest{}, fmt.Errorf("no backup of edge %s in %s: %w", edge, s, ErrNotFound)
+	}
+	return best, nil
+}
+
+// ListSegments returns the first seqs of the stored segments, sorted.
+func (s *Store) ListSegments(ctx context.Context, edge, inc string) ([]uint64, error) {
+	p := s.incDir(edge, inc) + "seg/"
+	keys, err := s.list(ctx, p, false)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for _, k := range keys {
+		n, ok := strings.CutSuffix(strings.TrimPrefix(k, p), ".jsonl")
+		if first, err := strconv.ParseUint(n, 10, 64); ok && err == nil {
+			out = append(out, first)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// readSegment calls fn for every change of seg/{first}, checking that the
+// seqs run first, first+1, ...
+func (s *Store) readSegment(ctx context.Context, edge, inc string, first uint64, fn func(c *iotkv.Change, raw []byte) error) error {
+	key := s.SegmentKey(edge, inc, first)
+	ctx, cancel := context.WithTimeout(ctx, 3*s.timeout)
+	defer cancel()
+	rc, err := s.open(ctx, "segment", key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	r := bufio.NewReaderSize(rc, 256<<10)
+	want := first
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 {
+			if line[len(line)-1] != '\n' {
+				return fmt.Errorf("s3store: %s: torn last line", key)
+			}
+			var c iotkv.Change
+			if err := json.Unmarshal(line, &c); err != nil {
+				return fmt.Errorf("s3store: %s: %w", key, err)
+			}
+			if err := c.Validate(); err != nil {
+				return fmt.Errorf("s3store: %s: %w", key, err)
+			}
+			if c.Seq != want {
+				return fmt.Errorf("s3store: %s: change %d where %d was due", key, c.Seq, want)
+			}
+			want++
+			if err := fn(&c, line[:len(line)-1]); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			if want == first {
+				return fmt.Errorf("s3store: %s is empty", key)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("s3store: read %s: %w", key, err)
+		}
+	}
+}
+
+// ReadChain calls fn for every stored change after `after`, in seq order,
+// and returns the last seq of the chain. Segments may overlap (written by
+// different masters); a segment that starts beyond the chain's end is a
+// gap: ErrGap.
+func (s *Store) ReadChain(ctx context.Context, edge, inc string, after uint64, fn func(c *iotkv.Change) error) (uint64, error) {
+	firsts, err := s.ListSegments(ctx, edge, inc)
+	if err != nil {
+		return after, err
+	}
+	cur := after
+	for _, first := range firsts {
+		if first > cur+1 {
+			return cur, fmt.Errorf("%w: edge %s incarnation %s: changes %d..%d are missing (next segment starts at %d)",
+				ErrGap, edge, inc, cur+1, first-1, first)
+		}
+		if first <= after {
+			// Probably wholly before the start: ask its metadata first.
+			last, _, err := s.SegmentLast(ctx, edge, inc, first)
+			if err != nil {
+				return cur, err
+			}
+			if last <= cur {
+				continue
+			}
+		}
+		err := s.readSegment(ctx, edge, inc, first, func(c *iotkv.Change, _ []byte) error {
+			if c.Seq <= cur {
+				return nil
+			}
+			cur = c.Seq
+			return fn(c)
+		})
+		if err != nil {
+			return cur, err
+		}
+	}
+	return cur, nil
+}
+
+// overlayEntry is a key changed after a snapshot: value nil = deleted.
+type overlayEntry struct {
+	device, key string
+	value       json.RawMessage
+	ts          *int64
+}
+
+// pendingState collects changes over a snapshot.
+type pendingState struct {
+	keys    map[string]overlayEntry
+	devices map[string]uint64
+}
+
+func newPending() *pendingState {
+	return &pendingState{keys: map[string]overlayEntry{}, devices: map[string]uint64{}}
+}
+
+func (p *pendingState) apply(c *iotkv.Change) {
+	e := overlayEntry{device: c.Device, key: c.Key, ts: c.TS}
+	if c.Op == iotkv.OpPut {
+		e.value = c.Value
+	}
+	p.keys[c.Device+"\x00"+c.Key] = e
+	if c.DeviceSeq > p.devices[c.Device] {
+		p.devices[c.Device] = c.DeviceSeq
+	}
+}
+
+// sorted returns the overlay in CompareEntries order (NUL sorts first).
+func (p *pendingState) sorted() []overlayEntry {
+	ks := make([]string, 0, len(p.keys))
+	for k := range p.keys {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	out := make([]overlayEntry, len(ks))
+	for i, k := range ks {
+		out[i] = p.keys[k]
+	}
+	return out
+}
+
+// WriteState writes the full state of edge (the incarnation Current finds,
+// or inc when given) as a backup document with incarnation and devices:
+// snapshot from the manifest, then every segment after it, in order. It
+// fails on a gap. It returns the document's header.
+func (s *Store) WriteState(ctx context.Context, w io.Writer, edge, inc string) (iotkv.BackupHeader, error) {
+	var m Manifest
+	var err error
+	if inc == "" {
+		m, err = s.Current(ctx, edge)
+	} else {
+		m, _, err = s.ReadManifest(ctx, edge, inc)
+		if errors.Is(err, ErrNotFound) {
+			m, err = Manifest{Edge: edge, Incarnation: inc}, nil // segments only, no snapshot yet
+		}
+	}
+	if err != nil {
+		return iotkv.BackupHeader{}, err
+	}
+	return s.writeStateAt(ctx, w, m.Edge, m.Incarnation, m.SnapSeq, nil)
+}
+
+// writeStateAt merges snap/{snapSeq} (none when 0) with the chain after it.
+// When upTo is given, it stops the chain there (0 in *upTo: no limit) and
+// reports the end.
+func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string, snapSeq uint64, end *uint64) (iotkv.BackupHeader, error) {
+	pend := newPending()
+	last, err := s.ReadChain(ctx, edge, inc, snapSeq, func(c *iotkv.Change) error { pend.apply(c); return nil })
+	if err != nil {
+		return iotkv.BackupHeader{}, err
+	}
+	if end != nil {
+		*end = last
+	}
+	var base *iotkv.BackupReader
+	devices := map[string]uint64{}
+	var firstEntry *iotkv.BackupEntry
+	if snapSeq > 0 {
+		rc, err := s.open(ctx, "snapshot", s.SnapshotKey(edge, inc, snapSeq))
+		if err != nil {
+			return iotkv.BackupHeader{}, fmt.Errorf("snapshot %d named by the manifest: %w", snapSeq, err)
+		}
+		defer rc.Close()
+		if base, err = iotkv.NewBackupReader(bufio.NewReaderSize(rc, 256<<10)); err != nil {
+			return iotkv.BackupHeader{}, err
+		}
+		// Devices come before entries in our snapshots: read up to the
+		// first entry.
+		for {
+			kind, err := base.Next()
+			if errors.Is(err, io.EOF) {
+				base = nil
+				break
+			}
+			if err != nil {
+				return iotkv.BackupHeader{}, err
+			}
+			if kind == iotkv.BackupItemDevice {
+				devices[base.Device.Device] = base.Device.LastSeq
+				continue
+			}
+			e := base.Entry
+			firstEntry = &e
+			break
+		}
+	}
+	for d, seq := range pend.devices {
+		if seq > devices[d] {
+			devices[d] = seq
+		}
+	}
+	list := make([]iotkv.DeviceSeq, 0, len(devices))
+	for d, seq := range devices {
+		list = append(list, iotkv.DeviceSeq{Device: d, LastSeq: seq})
+	}
+	slices.SortFunc(list, func(a, b iotkv.DeviceSeq) int { return strings.Compare(a.Device, b.Device) })
+	hdr := iotkv.BackupHeader{Edge: edge, Incarnation: inc, Seq: last, TakenAt: now()}
+	bw, err := iotkv.NewBackupWriter(w, hdr, list)
+	if err != nil {
+		return hdr, err
+	}
+	next := func() (*iotkv.BackupEntry, error) {
+		if firstEntry != nil {
+			e := firstEntry
+			firstEntry = nil
+			return e, nil
+		}
+		for base != nil {
+			kind, err := base.Next()
+			if errors.Is(err, io.EOF) {
+				base = nil
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			if kind == iotkv.BackupItemEntry {
+				return &base.Entry, nil
+			}
+		}
+		return nil, nil
+	}
+	overlay := pend.sorted()
+	b, err := next()
+	if err != nil {
+		return hdr, err
+	}
+	i := 0
+	for b != nil || i < len(overlay) {
+		c := 1
+		switch {
+		case b == nil:
+		case i == len(overlay):
+			c = -1
+		default:
+			c = iotkv.CompareEntries(b.Device, b.Key, overlay[i].device, overlay[i].key)
+		}
+		if c < 0 {
+			if err := bw.Entry(b); err != nil {
+				return hdr, err
+			}
+		} else {
+			if o := overlay[i]; o.value != nil {
+				if err := bw.Entry(&iotkv.BackupEntry{Device: o.device, Key: o.key, Value: o.value, TS: o.ts}); err != nil {
+					return hdr, err
+				}
+			}
+			i++
+		}
+		if c <= 0 {
+			if b, err = next(); err != nil {
+				return hdr, err
+			}
+		}
+	}
+	return hdr, bw.Close()
+}
+
+// Compact writes a new snapshot of edge/inc at the end of its chain and
+// moves the manifest to it, then deletes segments and snapshots the
+// previous manifest made unnecessary (one generation is kept so that a
+// restore already reading them finishes). It returns the new snapshot seq
+// (unchanged when there was nothing after it).
+func (s *Store) Compact(ctx context.Context, edge, inc string) (uint64, error) {
+	m, _, err := s.ReadManifest(ctx, edge, inc)
+	if errors.Is(err, ErrNotFound) {
+		m = Manifest{}
+	} else if err != nil {
+		return 0, err
+	}
+	f, err := os.CreateTemp("", "iotkv-snap-*.json")
+	if err != nil {
+		return 0, fmt.Errorf("s3store: compact: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	var end uint64
+	bw := bufio.NewWriterSize(f, 256<<10)
+	if _, err := s.writeStateAt(ctx, bw, edge, inc, m.SnapSeq, &end); err != nil {
+		return m.SnapSeq, err
+	}
+	if end <= m.SnapSeq {
+		return m.SnapSeq, nil
+	}
+	if err := bw.Flush(); err != nil {
+		return m.SnapSeq, fmt.Errorf("s3store: compact: %w", err)
+	}
+	size, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return m.SnapSeq, err
+	}
+	if _, err := s.putFile(ctx, "snapshot", s.SnapshotKey(edge, inc, end), f, size, map[string]string{metaWriter: s.nonce}); err != nil {
+		return m.SnapSeq, err
+	}
+	if err := s.AdvanceManifest(ctx, edge, inc, end); err != nil {
+		return m.SnapSeq, err
+	}
+	s.trim(ctx, edge, inc, m.SnapSeq)
+	return end, nil
+}
+
+// trim deletes segments wholly at or below keep and snapshots older than
+// keep: what no manifest since the previous one can need.
+func (s *Store) trim(ctx context.Context, edge, inc string, keep uint64) {
+	if keep == 0 {
+		return
+	}
+	firsts, err := s.ListSegments(ctx, edge, inc)
+	if err != nil {
+		return
+	}
+	for _, first := range firsts {
+		if first > keep {
+			break
+		}
+		last, _, err := s.SegmentLast(ctx, edge, inc, first)
+		if err != nil || last > keep {
+			continue
+		}
+		if err := s.remove(ctx, "segment", s.SegmentKey(edge, inc, first)); err != nil {
+			s.log.Warn("s3store: trim segment", "edge", edge, "first", first, "err", err)
+		}
+	}
+	p := s.incDir(edge, inc) + "snap/"
+	keys, err := s.list(ctx, p, false)
+	if err != nil {
+		return
+	}
+	for _, k := range keys {
+		n, _ := strings.CutSuffix(strings.TrimPrefix(k, p), ".json")
+		if seq, err := strconv.ParseUint(n, 10, 64); err == nil && seq < keep {
+			_ = s.remove(ctx, "snapshot", k)
+		}
+	}
+}
+
+// SnapshotWriter receives a full state from an edge (a resync) into a
+// temporary file, then stores it create-only and moves the manifest to it.
+type SnapshotWriter struct {
+	s         *Store
+	edge, inc string
+	seq       uint64
+	f         *os.File
+	bw        *iotkv.BackupWriter
+	devices   []iotkv.DeviceSeq
+	buf       *bufio.Writer
+	last      iotkv.BackupEntry
+}
+
+// NewSnapshotWriter starts a snapshot of edge/inc at seq.
+func (s *Store) NewSnapshotWriter(edge, inc string, seq uint64) (*SnapshotWriter, error) {
+	f, err := os.CreateTemp("", "iotkv-incoming-*.json")
+	if err != nil {
+		return nil, fmt.Errorf("s3store: %w", err)
+	}
+	return &SnapshotWriter{s: s, edge: edge, inc: inc, seq: seq, f: f, buf: bufio.NewWriterSize(f, 256<<10)}, nil
+}
+
+// Devices adds devices' last seqs; only before the first Entry.
+func (w *SnapshotWriter) Devices(d []iotkv.DeviceSeq) error {
+	if w.bw != nil && len(d) > 0 {
+		return errors.New("snapshot: devices after entries")
+	}
+	w.devices = append(w.devices, d...)
+	return nil
+}
+
+func (w *SnapshotWriter) start() error {
+	if w.bw != nil {
+		return nil
+	}
+	slices.SortFunc(w.devices, func(a, b iotkv.DeviceSeq) int { return strings.Compare(a.Device, b.Device) })
+	if w.devices == nil {
+		w.devices = []iotkv.DeviceSeq{}
+	}
+	var err error
+	w.bw, err = iotkv.NewBackupWriter(w.buf, iotkv.BackupHeader{Edge: w.edge, Incarnation: w.inc, Seq: w.seq, TakenAt: now()}, w.devices)
+	return err
+}
+
+// Entry appends one entry, in CompareEntries order.
+func (w *SnapshotWriter) Entry(e *iotkv.BackupEntry) error {
+	if err := w.start(); err != nil {
+		return err
+	}
+	if w.bw.Entries() > 0 && iotkv.CompareEntries(w.last.Device, w.last.Key, e.Device, e.Key) >= 0 {
+		return fmt.Errorf("entry %s/%s out of order", e.Device, e.Key)
+	}
+	w.last.Device, w.last.Key = e.Device, e.Key
+	return w.bw.Entry(e)
+}
+
+// Commit stores the snapshot and moves the manifest to it.
+func (w *SnapshotWriter) Commit(ctx context.Context) error {
+	defer w.Abort()
+	if err := w.start(); err != nil {
+		return err
+	}
+	if err := w.bw.Close(); err != nil {
+		return err
+	}
+	if err := w.buf.Flush(); err != nil {
+		return err
+	}
+	size, err := w.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
+	if w.seq > 0 {
+		if _, err := w.s.putFile(ctx, "snapshot", w.s.SnapshotKey(w.edge, w.inc, w.seq), w.f, size, map[string]string{metaWriter: w.s.nonce}); err != nil {
+			return err
+		}
+	}
+	return w.s.AdvanceManifest(ctx, w.edge, w.inc, w.seq)
+}
+
+// Abort drops the temporary file; safe after Commit.
+func (w *SnapshotWriter) Abort() {
+	if w.f != nil {
+		_ = w.f.Close()
+		_ = os.Remove(w.f.Name())
+		w.f = nil
+	}
+}
+
+// OpenState streams WriteState of edge's current incarnation; a failure
+// (a gap included) surfaces as the reader's error, so a restore reading it
+// fails loudly instead of loading half a backup.
+func (s *Store) OpenState(ctx context.Context, edge string) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := s.WriteState(ctx, pw, edge, "")
+		pw.CloseWithError(err)
+	}()
+	return pr
+}
