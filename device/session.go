@@ -118,6 +118,9 @@ func (c *Client) handle(s *runState, e event) {
 	switch e.kind {
 	case evAck:
 		acked, renumbered := c.q.ack(e.seq)
+		if acked > 0 {
+			s.backoff = c.opts.ReconnectMin // the edge is taking writes
+		}
 		if renumbered {
 			c.log.Info("the edge has seen a higher seq than this queue: continuing above it", "edge_seq", e.seq)
 			for _, b := range c.q.batches {
@@ -150,8 +153,12 @@ func (c *Client) handle(s *runState, e event) {
 			return
 		}
 		c.q.ack(0) // marks the queue synced when the edge had no seq for us
+		// The backoff is not reset here: an edge that cannot write (a
+		// failed disk) accepts the login and drops the session at the
+		// first publish, and a reset here made every device reconnect
+		// every ReconnectMin. It is reset when a batch is acknowledged or
+		// a session lasted (dropSession).
 		s.inSync, s.failures = true, 0
-		s.backoff = c.opts.ReconnectMin
 		c.connected.Store(true)
 		st := c.Stats()
 		c.log.Info("connected", "edge", c.opts.Edge, "acked_seq", st.AckedSeq, "next_seq", st.NextSeq, "queued_ops", st.QueuedOps)
@@ -211,6 +218,9 @@ func (c *Client) dropSession(s *runState) {
 	c.connected.Store(false)
 	c.reconnects.Add(1)
 	cl.Disconnect(0)
+	if time.Since(s.sessStart) >= c.opts.ReconnectMax {
+		s.backoff = c.opts.ReconnectMin // a session that lasted: reconnect promptly
+	}
 	c.scheduleRetry(s)
 }
 
