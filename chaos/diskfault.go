@@ -162,6 +162,7 @@ func DiskFaults(t *testing.T, bins Bins, cycles int) Row {
 		}
 		// What the devices saw acknowledged once the last good acks landed
 		// must not move while the disk is bad.
+		failedAt, reBefore := time.Now(), e.ledger.reconnectCounts(e.devices)
 		time.Sleep(300 * time.Millisecond)
 		before := e.ledger.ackSeqs(e.devices)
 		m.probe(t, uint64(i+1))
@@ -178,6 +179,14 @@ func DiskFaults(t *testing.T, bins Bins, cycles int) Row {
 		for d, s := range e.ledger.ackSeqs(e.devices) {
 			if s != before[d] {
 				t.Errorf("%s: %s got seq %d acknowledged (was %d) while the disk was failing", fault, d, s, before[d])
+			}
+		}
+		// A failed edge drops each session at its first write; the devices
+		// must back off, not reconnect every ReconnectMin (50ms here).
+		window := time.Since(failedAt)
+		for d, n := range e.ledger.reconnectCounts(e.devices) {
+			if re := n - reBefore[d]; float64(re) > 8*window.Seconds()/1.2 {
+				t.Errorf("%s: %s reconnected %d times in %v to an edge that cannot write (no backoff)", fault, d, re, window.Round(time.Millisecond))
 			}
 		}
 		// Power loss, disk replaced by what was synced, edge restarted.

@@ -29,10 +29,14 @@ type ledger struct {
 	ops      int64
 	acks     map[string]ackState
 	flushed  map[string]bool
+	// reconnects: sessions lost, summed over a device's writer runs.
+	reconnects map[string]uint64
+	lastRe     map[string]uint64 // the current run's count
 }
 
 func newLedger() *ledger {
-	return &ledger{promised: map[string]map[string]promise{}, acks: map[string]ackState{}, flushed: map[string]bool{}}
+	return &ledger{promised: map[string]map[string]promise{}, acks: map[string]ackState{}, flushed: map[string]bool{},
+		reconnects: map[string]uint64{}, lastRe: map[string]uint64{}}
 }
 
 // line records one line of a writer's output (see cmd/chaos-writer).
@@ -61,6 +65,15 @@ func (l *ledger) line(s string) {
 		seq, err := strconv.ParseUint(f[2], 10, 64)
 		if err == nil && seq > l.acks[f[1]].seq {
 			l.acks[f[1]] = ackState{seq: seq, at: time.Now()}
+		}
+	case len(f) == 3 && f[0] == "reconnects":
+		n, err := strconv.ParseUint(f[2], 10, 64)
+		if err == nil {
+			if n < l.lastRe[f[1]] { // a new run of the writer
+				l.lastRe[f[1]] = 0
+			}
+			l.reconnects[f[1]] += n - l.lastRe[f[1]]
+			l.lastRe[f[1]] = n
 		}
 	case len(f) == 2 && f[0] == "flushed":
 		l.flushed[f[1]] = true
@@ -138,4 +151,15 @@ func (l *ledger) allFlushed(devs []string) bool {
 		}
 	}
 	return true
+}
+
+// reconnectCounts returns the sessions each device lost so far.
+func (l *ledger) reconnectCounts(devs []string) map[string]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]uint64, len(devs))
+	for _, d := range devs {
+		out[d] = l.reconnects[d]
+	}
+	return out
 }

@@ -6,6 +6,7 @@
 //
 //	put DEVICE KEY N TS   Put returned nil: op N is durable in the queue
 //	ack DEVICE SEQ        the edge acknowledged batches up to SEQ
+//	reconnects DEVICE N   sessions lost since the writer started
 //	flushed DEVICE        every queued op is acknowledged (clean exit only)
 //
 // Each value is {"n":N,"d":DEVICE}; N grows across runs (--base), so a
@@ -141,7 +142,7 @@ func runDevice(ctx context.Context, c config, name string, out *lineWriter, log 
 	cl, err := device.Open(device.Options{
 		Name: name, Password: pw, TLSFiles: certs.PathsFor(c.certsDir, name), Edge: c.edge,
 		QueueDir: filepath.Join(c.queue, name), KeepAlive: c.keepalive, AckTimeout: 3 * time.Second,
-		ReconnectMin: 50 * time.Millisecond, ReconnectMax: c.reconnectMax, Logger: log,
+		ReconnectMin: 50 * time.Millisecond, ReconnectMax: c.reconnectMax, ConnectTimeout: 3 * time.Second, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -151,7 +152,7 @@ func runDevice(ctx context.Context, c config, name string, out *lineWriter, log 
 	stopAcks := make(chan struct{})
 	go func() { // report acknowledged seqs as they move
 		defer close(ackDone)
-		var last uint64
+		var last, lastRe uint64
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -160,9 +161,14 @@ func runDevice(ctx context.Context, c config, name string, out *lineWriter, log 
 			case <-stopAcks:
 				return
 			}
-			if s := cl.Stats().AckedSeq; s != last {
-				last = s
-				out.lines([]string{fmt.Sprintf("ack %s %d", name, s)})
+			st := cl.Stats()
+			if st.AckedSeq != last {
+				last = st.AckedSeq
+				out.lines([]string{fmt.Sprintf("ack %s %d", name, last)})
+			}
+			if st.Reconnects != lastRe {
+				lastRe = st.Reconnects
+				out.lines([]string{fmt.Sprintf("reconnects %s %d", name, lastRe)})
 			}
 		}
 	}()
