@@ -9,10 +9,12 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/iotkv/iotkv"
 )
@@ -47,6 +49,8 @@ type Store struct {
 	log     *slog.Logger
 	workers chan struct{}
 	dummy   string // hash compared against for unknown names
+	flight  singleflight.Group
+	checks  atomic.Int64 // bcrypt comparisons run, for tests and metrics
 
 	mu       sync.RWMutex
 	accounts map[string]Account
@@ -179,8 +183,22 @@ func (s *Store) Verify(ctx context.Context, name, password string) (Account, boo
 			return a, true, nil
 		}
 	}
-	if err := s.compare(ctx, a.Hash, password); err != nil {
-		return Account{}, false, err
+	// Logins that arrive together with the same credentials (a device's
+	// connections, a client's parallel requests) share one bcrypt check.
+	ch := s.flight.DoChan(string(key[:]), func() (any, error) {
+		// Not the first caller's ctx: the others may wait longer. Bounded
+		// all the same, so abandoned checks do not pile up in a storm.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		return nil, s.compare(fctx, a.Hash, password)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return Account{}, false, r.Err
+		}
+	case <-ctx.Done():
+		return Account{}, false, fmt.Errorf("verify password: %w", ctx.Err())
 	}
 	if s.opts.CacheSize > 0 {
 		s.mu.Lock()
@@ -206,6 +224,7 @@ func (s *Store) compare(ctx context.Context, hash, password string) error {
 		return fmt.Errorf("verify password: %w", ctx.Err())
 	}
 	defer func() { <-s.workers }()
+	s.checks.Add(1)
 	if err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)); err != nil {
 		return ErrBadCredentials
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/accounts"
 	"github.com/iotkv/iotkv/certs"
 )
 
@@ -75,6 +76,13 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	ctx, cancel := authContext()
 	defer cancel()
 	acct, _, err := h.b.opts.Accounts.Verify(ctx, user, string(pk.Connect.Password))
+	if err != nil && !errors.Is(err, accounts.ErrBadCredentials) {
+		// No bcrypt worker in time (a storm): refused, but not counted
+		// against the device, which retries with backoff.
+		h.b.metrics.authFailures.WithLabelValues("mqtt", "busy").Inc()
+		log.Warn("mqtt login refused: password check queue is full", "err", err)
+		return false
+	}
 	if err != nil {
 		wait := h.b.opts.Throttle.Fail(user, addr)
 		h.b.metrics.authFailures.WithLabelValues("mqtt", "bad_password").Inc()

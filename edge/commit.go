@@ -153,14 +153,20 @@ func (c *committer) loop() {
 	defer close(c.syncq)
 	for first := range c.reqs {
 		reqs := []*writeReq{first}
+		ops := len(first.ops)
 	drain:
-		for len(reqs) < c.maxGroup {
+		// A group ends when nothing more is waiting, or at maxGroup
+		// writes or maxGroupOps ops: bigger groups would only make
+		// every PUBACK in them wait longer, since the next group's WAL
+		// write overlaps this one's fsync anyway.
+		for len(reqs) < c.maxGroup && ops < maxGroupOps {
 			select {
 			case r, ok := <-c.reqs:
 				if !ok {
 					break drain
 				}
 				reqs = append(reqs, r)
+				ops += len(r.ops)
 			default:
 				break drain
 			}
@@ -240,6 +246,9 @@ func (c *committer) apply(reqs []*writeReq) *group {
 	}
 	return g
 }
+
+// maxGroupOps bounds the ops of one group commit.
+const maxGroupOps = 8192
 
 // errFailed is the error of writes after a failed commit.
 var errFailed = errors.New("the store failed to make a commit durable; restart the edge once the disk is fixed")

@@ -2,6 +2,7 @@ package rest
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"strconv"
@@ -67,6 +68,14 @@ func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		acct, _, err := a.Accounts.Verify(r.Context(), user, pass)
+		if err != nil && !errors.Is(err, accounts.ErrBadCredentials) {
+			// Not the caller's fault (a storm of password checks, or the
+			// client went away): not counted against it.
+			a.failures.WithLabelValues("busy").Inc()
+			w.Header().Set("Retry-After", "1")
+			WriteError(w, http.StatusServiceUnavailable, iotkv.CodeUnavailable, "password checks are busy; retry")
+			return
+		}
 		if err != nil {
 			wait := a.Throttle.Fail(user, addr)
 			a.failures.WithLabelValues("bad_password").Inc()
