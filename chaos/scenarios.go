@@ -330,12 +330,24 @@ func DiskLost(t *testing.T, bins Bins, cycles int) Row {
 	row := Row{Scenario: "7. edge disk lost, restored from the master", Cycles: cycles}
 	e := newEnv(t, bins, 8)
 	ep := e.startEdge()
-	m := e.startMaster(ep.mqtt)
+	pm, err := faultproxy.Start(ep.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pm.Close() })
+	m := e.startMaster(pm.Addr())
 	ws := e.startWriters(ep.mqtt, 4, writerOpts{rate: 30}) // a new key per op: every loss shows
 	confirmed := map[[2]string]int64{}                     // (device, key) -> op number the master had
-	for range cycles {
+	lagged := 0
+	for i := range cycles {
 		jitter(1500*time.Millisecond, 2500*time.Millisecond)
+		if i%2 == 1 { // open a backup lag window: the master hears nothing for a second
+			pm.SetMode(faultproxy.Stall)
+			time.Sleep(time.Second)
+			lagged++
+		}
 		ep.p.kill()
+		pm.SetMode(faultproxy.Pass)
 		n := 0
 		for _, en := range e.masterState(m) {
 			var v value
@@ -374,7 +386,7 @@ func DiskLost(t *testing.T, bins Bins, cycles int) Row {
 	if c.twice > 0 || c.badTS > 0 {
 		t.Errorf("applied twice %d, wrong ts %d", c.twice, c.badTS)
 	}
-	row.Notes = fmt.Sprintf("lost = acked by the edge but not yet at the master when it died (the backup lag window); lost that the master had: %d; recovery: restore start to every device acked again; latest.json = edge %v after", confirmedLost, catchUp.Round(10*time.Millisecond))
+	row.Notes = fmt.Sprintf("lost = acked by the edge but not at the master when the edge died (the backup lag window; %d of %d cycles stalled the master's link for 1s before the kill to open one); lost that the master had: %d; recovery: restore start to every device acked again; latest.json = edge %v after", lagged, cycles, confirmedLost, catchUp.Round(10*time.Millisecond))
 	row.Wall = time.Since(start)
 	t.Logf("%s: ops acked %d, keys %d, lost in the lag window %d, lost that the master had %d, twice %d, recovery %s",
 		row.Scenario, row.Acked, c.keys, row.Lost, confirmedLost, row.Twice, row.recovery())
