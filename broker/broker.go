@@ -142,7 +142,11 @@ func capabilities(o Options) *mqtt.Capabilities {
 	c.MaximumClientWritesPending = 1024
 	c.ReceiveMaximum = uint16(min(o.InflightPerClient, 65535))
 	c.MaximumSessionExpiryInterval = 3600
-	c.MaximumMessageExpiryInterval = 3600
+	// 0: no forced expiry. With a maximum, mochi deletes every retained
+	// message older than it, the edge's own status/ack included, and a
+	// device that lost its queue could no longer learn its seq. Devices
+	// cannot retain anything (see hook.OnPublish), so nothing else grows.
+	c.MaximumMessageExpiryInterval = 0
 	return c
 }
 

@@ -91,12 +91,6 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	h.b.opts.Throttle.Success(user, addr)
 	cl.ID = user + "|" + cl.ID
-	h.mu.Lock()
-	if h.inflight == nil {
-		h.inflight = make(map[*mqtt.Client]chan struct{})
-	}
-	h.inflight[cl] = make(chan struct{}, h.b.opts.InflightPerClient)
-	h.mu.Unlock()
 	log.Debug("mqtt login", "role", acct.Role)
 	return true
 }
@@ -154,17 +148,27 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	user := string(cl.Properties.Username)
 	t, ok := iotkv.ParseDeviceTopic(pk.TopicName)
 	if !ok || t.Device != user || (t.Kind != iotkv.TopicBatch && t.Kind != iotkv.TopicKV) {
+		// Only the edge retains (status/ack): a client's retained
+		// messages would be kept in memory without bound.
+		pk.FixedHeader.Retain = false
 		return pk, nil
 	}
 	if h.b.closing.Load() {
 		return pk, packets.ErrRejectPacket // no PUBACK: sent again after reconnect
 	}
+	// The window is made at the first publish, not at login: mochi does
+	// not call OnDisconnect for a client that fails between login and
+	// CONNACK, but always does once publishes have been read.
 	h.mu.Lock()
 	window := h.inflight[cl]
-	h.mu.Unlock()
 	if window == nil {
-		return pk, packets.ErrRejectPacket
+		if h.inflight == nil {
+			h.inflight = make(map[*mqtt.Client]chan struct{})
+		}
+		window = make(chan struct{}, h.b.opts.InflightPerClient)
+		h.inflight[cl] = window
 	}
+	h.mu.Unlock()
 	window <- struct{}{} // back-pressure: this client's reads wait
 	w := Write{Device: user, Topic: t, Payload: pk.Payload, Retain: pk.FixedHeader.Retain}
 	h.b.metrics.messages.WithLabelValues(t.Kind).Inc()

@@ -200,7 +200,7 @@ func TestPythonPahoV311AndV5(t *testing.T) {
 		return run(t, py, script, host, port, p.CA, p.Cert, p.Key, "dev1", password, version, string(mustJSON(t, plan)))
 	}
 
-	lines := pyRun("311", testenv.Password("dev1"), map[string]any{"expect_ack": 1, "messages": []map[string]string{
+	lines := pyRun("311", testenv.Password("dev1"), map[string]any{"expect_ack": 1, "expect_error": true, "messages": []map[string]string{
 		{"topic": iotkv.BatchTopic("dev1"), "payload": `{"seq":1,"ops":[{"op":"put","key":"a","value":"x"},{"op":"put","key":"b","value":2}]}`},
 		{"topic": iotkv.BatchTopic("dev1"), "payload": `{"seq":2,"ops":[{"op":"put","key":"/lead","value":1}]}`},
 	}})

@@ -6,7 +6,8 @@ event. Usage:
 
 VERSION is 311 or 5. PLAN_JSON: {"expect_ack": N, "messages": [{"topic": "...",
 "payload": "..."}, ...]}. It subscribes to the device's status/# topics, publishes,
-reports what arrives, and waits (10 s at most) until status/ack reaches N.
+reports what arrives, and waits (10 s at most) until status/ack reaches N and,
+with "expect_error": true, until a status/error arrives.
 """
 import json
 import ssl
@@ -19,6 +20,8 @@ host, port, ca, cert, key, user, password, version, plan_json = sys.argv[1:10]
 plan = json.loads(plan_json)
 expect_ack = plan.get("expect_ack", 0)
 acked_seq = threading.Event()
+expect_error = plan.get("expect_error", False)
+got_error = threading.Event()
 proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
 
 connected = threading.Event()
@@ -44,6 +47,8 @@ def on_connect(client, userdata, flags, rc, properties=None):
 def on_message(client, userdata, msg):
     payload = msg.payload.decode("utf-8", "replace")
     out(topic=msg.topic, payload=payload, retain=bool(msg.retain))
+    if msg.topic.endswith("/status/error"):
+        got_error.set()
     if msg.topic.endswith("/status/ack"):
         try:
             if json.loads(payload).get("seq", 0) >= expect_ack:
@@ -81,5 +86,7 @@ for m in plan["messages"]:
     ok = published.wait(10)
     out(published=m["topic"], acked=ok)
 out(ack_reached=acked_seq.wait(10))
+if expect_error:
+    out(error_seen=got_error.wait(10))
 client.disconnect()
 client.loop_stop()
