@@ -3,6 +3,7 @@ package master
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/testenv"
 	"github.com/iotkv/iotkv/s3store"
@@ -121,7 +123,7 @@ func TestS3OutageStopsConfirmationsAndCatchesUpAfter(t *testing.T) {
 
 	s3.Stop()
 	r.publishBatches(e1, 21, 20, 2, "b")
-	waitFor(t, 10*time.Second, "the master to see the new changes and turn unready", func() bool {
+	waitFor(t, 20*time.Second, "the master to see the new changes and turn unready", func() bool {
 		s := m.Status()[0]
 		return s.EdgeSeq > uint64(confirmedBefore) && m.Ready() != nil
 	})
@@ -132,9 +134,8 @@ func TestS3OutageStopsConfirmationsAndCatchesUpAfter(t *testing.T) {
 		if got := gauge(ereg, "iotkv_backup_confirmed_seq"); got != confirmedBefore {
 			t.Fatalf("confirmed moved from %v to %v while S3 was down", confirmedBefore, got)
 		}
-		waitFor(t, 5*time.Second, "another failed attempt", func() bool {
-			return counter(st.Metrics().Requests("put_segment", "error")) > float64(i)
-		})
+		n := failures(st)
+		waitFor(t, 10*time.Second, "another failed attempt", func() bool { return failures(st) > n })
 	}
 	s3.Start()
 	want := r.edgeState(e1, "d1")
@@ -187,4 +188,46 @@ func TestTwoS3MastersTakeOverWhenTheLeaseHolderDies(t *testing.T) {
 	if !equalState(got, want) {
 		t.Fatalf("state after takeover differs: %s", firstDiff(got, want))
 	}
+}
+
+func TestS3SteadyStateIsAboutOnePutPerSecondPerEdge(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	r := newRig(t)
+	e1 := r.startEdge("e1", "", "", nil)
+	st := openStore(t, s3, "steady")
+	m := r.startS3Master([]*edge.Edge{e1}, st, "master", func(o *Options) {
+		o.FlushInterval, o.SnapshotInterval, o.LeaseTTL = time.Second, time.Hour, 10*time.Second
+	})
+	r.publishBatches(e1, 1, 1, 1, "warm")
+	waitFor(t, 10*time.Second, "the first segment", func() bool { s := m.Status()[0]; return s.Seq > 0 && s.Seq == s.EdgeSeq })
+	before := counter(st.Metrics().Requests("put_segment", "ok"))
+	start := time.Now()
+	c := r.pki.Connect(t, e1.MQTTAddr(), "d1")
+	defer c.Disconnect(50)
+	tick := time.NewTicker(50 * time.Millisecond) // a steady device: 20 batches/s
+	defer tick.Stop()
+	for seq := uint64(2); time.Since(start) < 5*time.Second; seq++ {
+		<-tick.C
+		payload := []byte(fmt.Sprintf(`{"seq":%d,"ops":[{"op":"put","key":"k%d","value":%d}]}`, seq, seq%10, seq))
+		if tok := c.Publish(iotkv.BatchTopic("d1"), 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	elapsed := time.Since(start)
+	puts := counter(st.Metrics().Requests("put_segment", "ok")) - before
+	rate := puts / elapsed.Seconds()
+	t.Logf("steady state: %.0f segment PUTs in %v = %.2f PUT/s per edge at --flush-interval 1s", puts, elapsed.Round(time.Millisecond), rate)
+	if rate > 1.5 {
+		t.Fatalf("%.2f PUT/s per edge, want about 1", rate)
+	}
+	waitFor(t, 10*time.Second, "the last changes confirmed", func() bool { s := m.Status()[0]; return s.Seq == s.EdgeSeq })
+}
+
+// failures counts the requests that did not reach S3.
+func failures(st *s3store.Store) float64 {
+	n := 0.0
+	for _, k := range []string{"put_segment", "head_segment", "get_lease", "put_lease", "get_manifest", "put_manifest", "list"} {
+		n += counter(st.Metrics().Requests(k, "error"))
+	}
+	return n
 }

@@ -71,6 +71,7 @@ type s3Edge struct {
 	lastProbe  time.Time
 	lastLease  time.Time
 	lastSnap   time.Time
+	lastFail   time.Time // last request that did not reach S3
 }
 
 type incomingS3 struct {
@@ -143,6 +144,9 @@ func (se *s3Edge) s3result(err error) {
 	was := se.s3err
 	se.s3err = err
 	se.mu.Unlock()
+	if err != nil {
+		se.lastFail = time.Now()
+	}
 	switch {
 	case err != nil && was == nil:
 		se.log.Error("object storage unreachable: not confirming", "err", err)
@@ -201,8 +205,21 @@ func (se *s3Edge) shutdown() {
 	se.wg.Wait()
 }
 
+// s3Quiet: while S3 is unreachable, one attempt a second is enough, and
+// the worker stays free to follow the stream in between.
+func (se *s3Edge) s3Quiet() bool {
+	se.mu.Lock()
+	down := se.s3err != nil
+	se.mu.Unlock()
+	return down && time.Since(se.lastFail) < time.Second
+}
+
 func (se *s3Edge) periodic() {
 	now := time.Now()
+	if se.s3Quiet() {
+		se.maybeRequest()
+		return
+	}
 	if se.lease != nil && now.Sub(se.lastLease) >= se.opts.LeaseTTL/3 {
 		se.lastLease = now
 		ctx, cancel := se.ctx()
@@ -328,7 +345,7 @@ func (se *s3Edge) changes(payload []byte) {
 	if last := changes[len(changes)-1]; last.UpdatedAt > 0 {
 		se.m.lag.Observe(max(0, float64(time.Now().UnixMilli()-last.UpdatedAt)/1000))
 	}
-	if se.bufBytes >= se.opts.FlushBytes {
+	if se.bufBytes >= se.opts.FlushBytes && !se.s3Quiet() {
 		se.flush(false)
 	}
 }
