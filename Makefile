@@ -34,7 +34,7 @@ bench-quick:
 	bin/iotkv-bench --quick --out bench/results/quick
 
 # Fault tests with the full cycles of issue 8 (20 edge kills, 20 device kills,
-# 10 master kills, ...; about 5 minutes). Writes and prints bench/results/chaos.md.
+# 10 master kills, ...; about 3 minutes). Writes and prints bench/results/chaos.md.
 # The short version (2-3 cycles each) runs in `make test`.
 chaos:
 	IOTKV_CHAOS=full IOTKV_CHAOS_OUT=$(CURDIR)/bench/results/chaos.md $(GO) test -count=1 -timeout 15m -run '^TestChaos$$' ./chaos
