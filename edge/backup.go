@@ -305,6 +305,19 @@ func (b *backup) startSnapshot(s *session) error {
 	if err != nil {
 		return err
 	}
+	// Pebble shows a group before its fsync ends (the committer applies
+	// with ApplyNoSyncWait), so a snapshot can hold changes that are not
+	// durable yet. Sent as backup state, a power loss could then give the
+	// edge back a shorter history under the same incarnation than the
+	// master holds. The fsync is milliseconds away: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for snap.seq > b.last.Load() {
+		if time.Now().After(deadline) {
+			snap.close()
+			return fmt.Errorf("snapshot at change %d: not durable after 5s (last durable %d)", snap.seq, b.last.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	s.snap = snap
 	b.m.snapshots.Inc()
 	return nil
@@ -377,7 +390,7 @@ func (b *backup) readChanges(from, last uint64) ([]byte, uint64, error) {
 	}
 	defer it.Close()
 	head := fmt.Sprintf(`{"edge":%q,"inc":%q,"from":%d,"to":`, b.id, b.inc, from)
-	var body []byte
+	var body, lastRaw []byte
 	to, n := from-1, 0
 	for ok := it.First(); ok; ok = it.Next() {
 		seq := decodeChangeKey(it.Key())
@@ -385,8 +398,14 @@ func (b *backup) readChanges(from, last uint64) ([]byte, uint64, error) {
 			return nil, 0, fmt.Errorf("change log has a hole at %d", to+1)
 		}
 		if n > 0 && (n >= b.opts.MaxMessageChanges || len(body)+len(it.Value()) > b.opts.MaxMessageBytes) {
-			break
+			// Never split a device batch across messages: the master
+			// counts a batch's seq as applied with its first change,
+			// so half a batch on the master would restore as all of it.
+			if !sameBatch(lastRaw, it.Value()) {
+				break
+			}
 		}
+		lastRaw = append(lastRaw[:0], it.Value()...)
 		if n > 0 {
 			body = append(body, ',')
 		}
@@ -407,6 +426,19 @@ func (b *backup) readChanges(from, last uint64) ([]byte, uint64, error) {
 	msg = append(msg, body...)
 	msg = append(msg, "]}"...)
 	return msg, to, nil
+}
+
+// sameBatch reports whether two stored changes come from the same device
+// batch (same device, same non-zero device seq).
+func sameBatch(a, b []byte) bool {
+	var x, y struct {
+		Device string `json:"device"`
+		Seq    uint64 `json:"seq"`
+	}
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return x.Seq != 0 && x.Seq == y.Seq && x.Device == y.Device
 }
 
 func (b *backup) hello() {

@@ -55,6 +55,8 @@ type edgeBackup struct {
 	incoming     *incomingSnap
 	hello        *iotkv.BackupHello
 	lastRequest  time.Time
+	gapSeen      bool // a hole was seen with eb.seq == gapAt (counted once)
+	gapAt        uint64
 	lastProgress time.Time
 }
 
@@ -273,9 +275,14 @@ func (eb *edgeBackup) changes(payload []byte) {
 		return
 	}
 	if m.From > eb.seq+1 {
-		if time.Since(eb.lastRequest) > time.Second {
+		if !eb.gapSeen || eb.gapAt != eb.seq {
+			// Counted once per hole, even when a request went out just
+			// before (then the replay it asks for is already coming).
+			eb.gapSeen, eb.gapAt = true, eb.seq
 			eb.m.gaps.WithLabelValues(eb.id).Inc()
-			eb.log.Warn("backup gap: asking the edge to replay", "have", eb.seq, "got_from", m.From)
+			eb.log.Warn("backup gap", "have", eb.seq, "got_from", m.From)
+		}
+		if time.Since(eb.lastRequest) > time.Second {
 			eb.request("gap")
 		}
 		return
