@@ -482,6 +482,13 @@ func (q *queue) reject(seq uint64) *batch {
 	return b
 }
 
+// lsn is the position after the last record appended.
+func (q *queue) lsn() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.appended
+}
+
 // waitDurable returns once every record up to lsn is fsync'd.
 func (q *queue) waitDurable(lsn uint64) error {
 	q.fileMu.Lock()

@@ -123,6 +123,14 @@ func (c *Client) handle(s *runState, e event) {
 		}
 		if renumbered {
 			c.log.Info("the edge has seen a higher seq than this queue: continuing above it", "edge_seq", e.seq)
+			// The new seqs must be durable before any batch goes out
+			// under them: after a crash the queue would renumber again
+			// and the edge would apply the same ops twice.
+			if err := c.q.waitDurable(c.q.lsn()); err != nil {
+				c.setErr(err)
+				c.log.Error("queue write failed; nothing more is sent", "err", err)
+				return
+			}
 			for _, b := range c.q.batches {
 				b.sentGen = 0
 			}
