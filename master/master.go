@@ -284,9 +284,17 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 		for _, k := range []string{iotkv.BackupKindChanges, iotkv.BackupKindSnapshot, iotkv.BackupKindHello} {
 			filters[iotkv.BackupTopic(eb.edgeID(), k)] = 1
 		}
-		tok := c.SubscribeMultiple(filters, handler)
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			eb.logger().Error("backup subscribe failed; reconnecting", "err", tok.Error())
+		// Retry while the connection lasts: giving up here would leave a
+		// live connection that never streams (nothing else resubscribes).
+		for c.IsConnectionOpen() {
+			err := subscribe(c, filters, handler)
+			if err == nil {
+				break
+			}
+			eb.logger().Error("backup subscribe failed; retrying", "err", err)
+			time.Sleep(time.Second)
+		}
+		if !c.IsConnectionOpen() {
 			return
 		}
 		eb.logger().Info("connected to edge", "addr", eb.edgeAddr())
@@ -297,6 +305,26 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 		eb.deliver(event{kind: "lost"})
 	})
 	return paho.NewClient(o)
+}
+
+// subscribe subscribes and checks every filter was granted (a refusal is
+// SUBACK 0x80, not a token error).
+func subscribe(c paho.Client, filters map[string]byte, h paho.MessageHandler) error {
+	tok := c.SubscribeMultiple(filters, h)
+	if !tok.WaitTimeout(10 * time.Second) {
+		return errors.New("no SUBACK within 10s")
+	}
+	if err := tok.Error(); err != nil {
+		return err
+	}
+	if st, ok := tok.(*paho.SubscribeToken); ok {
+		for f, code := range st.Result() {
+			if code == 0x80 {
+				return fmt.Errorf("subscription to %s refused", f)
+			}
+		}
+	}
+	return nil
 }
 
 // HTTPAddr is the bound HTTPS address.
