@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -58,6 +59,8 @@ type edgeBackup struct {
 	gapSeen      bool // a hole was seen with eb.seq == gapAt (counted once)
 	gapAt        uint64
 	lastProgress time.Time
+
+	journalFailed atomic.Bool // see failJournal; read by ready() too
 }
 
 type event struct {
@@ -295,7 +298,7 @@ func (eb *edgeBackup) changes(payload []byte) {
 		}
 		if err := eb.journal.append(m.Changes[i]); err != nil {
 			eb.mu.Unlock()
-			eb.log.Error("journal append failed", "err", err)
+			eb.failJournal(err)
 			return
 		}
 		eb.applyLocked(c)
@@ -321,13 +324,27 @@ func (eb *edgeBackup) adopt(inc string) {
 }
 
 // flush makes the journal durable, then confirms.
+// failJournal stops confirming for good: after a failed write or fsync the
+// kernel may have dropped the unwritten pages while a retried fsync
+// reports success, so nothing after this point can be trusted as stored.
+// The edge keeps every unconfirmed change; a restart of the master
+// recovers from what is on disk and asks for the rest.
+func (eb *edgeBackup) failJournal(err error) {
+	if !eb.journalFailed.Swap(true) {
+		eb.log.Error("journal failed: confirming nothing more for this edge until the master restarts", "err", err)
+	}
+}
+
 func (eb *edgeBackup) flush() {
 	if !eb.unsynced {
 		return
 	}
 	start := time.Now()
+	if eb.journalFailed.Load() {
+		return
+	}
 	if err := eb.journal.sync(); err != nil {
-		eb.log.Error("journal sync failed: not confirming", "err", err)
+		eb.failJournal(err)
 		return
 	}
 	eb.m.fsync.Observe(time.Since(start).Seconds())
@@ -345,6 +362,12 @@ func (eb *edgeBackup) publish(kind string, v any) {
 }
 
 func (eb *edgeBackup) request(reason string) {
+	// The edge takes a request as a confirmation of everything up to
+	// After: only what the journal has fsync'd may be confirmed.
+	eb.flush()
+	if eb.unsynced || eb.journalFailed.Load() {
+		return
+	}
 	eb.lastRequest = time.Now()
 	eb.m.requests.WithLabelValues(eb.id, reason).Inc()
 	eb.log.Debug("backup request", "after", eb.seq, "incarnation", eb.inc, "reason", reason)

@@ -39,6 +39,9 @@ func (eb *edgeBackup) halt() {
 }
 
 func (eb *edgeBackup) ready() error {
+	if eb.journalFailed.Load() {
+		return fmt.Errorf("edge %s: the journal failed; restart the master", eb.id)
+	}
 	if !eb.status().Connected {
 		return fmt.Errorf("edge %s is not connected", eb.id)
 	}
