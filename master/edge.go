@@ -549,9 +549,17 @@ func (eb *edgeBackup) install(in *incomingSnap) error {
 	if err := removeJournals(eb.dir, ^uint64(0)); err != nil {
 		return err
 	}
+	// The rename and the new in-memory state change together under mu,
+	// so a backup streamed meanwhile is the old state or the new one,
+	// never the new file with the old incarnation's changes and seqs.
+	eb.mu.Lock()
 	if err := os.Rename(in.f.Name(), filepath.Join(eb.dir, latestName)); err != nil {
+		eb.mu.Unlock()
 		return fmt.Errorf("install snapshot: %w", err)
 	}
+	eb.inc, eb.seq, eb.baseSeq, eb.keys = in.inc, in.seq, in.seq, in.bw.Entries()
+	eb.pending, eb.frozen, eb.devices = map[string]pendingEntry{}, nil, in.devices
+	eb.mu.Unlock()
 	devices := make([]iotkv.DeviceSeq, 0, len(in.devices))
 	for d, s := range in.devices {
 		devices = append(devices, iotkv.DeviceSeq{Device: d, LastSeq: s})
@@ -566,10 +574,6 @@ func (eb *edgeBackup) install(in *incomingSnap) error {
 		return err
 	}
 	eb.journal = j
-	eb.mu.Lock()
-	eb.inc, eb.seq, eb.baseSeq, eb.keys = in.inc, in.seq, in.seq, in.bw.Entries()
-	eb.pending, eb.frozen, eb.devices = map[string]pendingEntry{}, nil, in.devices
-	eb.mu.Unlock()
 	eb.incoming = nil
 	eb.m.applied.WithLabelValues(eb.id).Set(float64(in.seq))
 	eb.log.Info("backup snapshot installed", "incarnation", in.inc, "seq", in.seq, "keys", st.Keys)
@@ -688,6 +692,13 @@ func (eb *edgeBackup) finishMerge(r mergeResult) {
 // it), with the incarnation and the devices' last seqs, for a restore.
 func (eb *edgeBackup) stream(w io.Writer) error {
 	eb.mu.Lock()
+	if eb.inc == "" && eb.baseSeq > 0 {
+		// Recovered files that do not match each other: the edge is
+		// asked for a snapshot; until it lands there is nothing
+		// consistent to restore from.
+		eb.mu.Unlock()
+		return errors.New("the backup is being resynchronised from the edge; retry shortly")
+	}
 	base, err := os.Open(filepath.Join(eb.dir, latestName))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		eb.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -307,6 +308,17 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 	return paho.NewClient(o)
 }
 
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
 // subscribe subscribes and checks every filter was granted (a refusal is
 // SUBACK 0x80, not a token error).
 func subscribe(c paho.Client, filters map[string]byte, h paho.MessageHandler) error {
@@ -413,7 +425,12 @@ func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if err := eb.stream(w); err != nil {
+	cw := &countingWriter{w: w}
+	if err := eb.stream(cw); err != nil {
+		if cw.n == 0 {
+			rest.WriteError(w, http.StatusServiceUnavailable, iotkv.CodeUnavailable, err.Error())
+			return
+		}
 		// Headers are gone: the truncated body is invalid JSON, which
 		// the restore notices.
 		m.log.Error("backup stream failed", "edge", id, "err", err)
