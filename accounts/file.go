@@ -74,10 +74,18 @@ func Parse(data []byte) (*File, error) {
 
 // Load reads the accounts file at path; a missing file is an empty one.
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	st, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return &File{Version: 1}, nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("read accounts %s: %w", path, err)
+	}
+	// Whoever can write the file can make themselves admin.
+	if st.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("accounts %s is writable by group or others (mode %04o): run chmod 600 %s", path, st.Mode().Perm(), path)
+	}
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read accounts %s: %w", path, err)
 	}

@@ -114,7 +114,7 @@ func New(opts Options) (*Broker, error) {
 	}
 	server := mqtt.New(&mqtt.Options{
 		InlineClient: true,
-		Logger:       opts.Logger.With("component", "mochi"),
+		Logger:       newMochiLogger(opts.Logger),
 		Capabilities: capabilities(opts),
 		// $SYS topics would only tell devices about each other.
 		SysTopicResendInterval: 0,

@@ -110,7 +110,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	allowed := ok && allow(acct.Role, user, topic, write)
 	if !allowed {
 		h.b.metrics.aclDenied.Inc()
-		h.b.log.Warn("mqtt acl denied", "user", user, "topic", topic, "write", write)
+		h.b.log.Warn("mqtt acl denied", "user", user, "topic", redactTopic(topic), "write", write)
 	}
 	return allowed
 }
@@ -234,7 +234,9 @@ func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
 	code := iotkv.CodeOf(r.Err)
 	h.b.metrics.rejects.WithLabelValues(code).Inc()
 	user := string(cl.Properties.Username)
-	h.b.log.Warn("device write refused", "device", user, "topic", pk.TopicName, "seq", r.Seq, "code", code, "err", r.Err)
+	// The reason's text names keys, which stay out of logs: the device
+	// gets it on status/error, the log gets the code.
+	h.b.log.Warn("device write refused", "device", user, "topic", redactTopic(pk.TopicName), "seq", r.Seq, "code", code)
 	msg, _ := json.Marshal(iotkv.ErrorMessage{Seq: r.Seq, Code: code, Message: r.Err.Error()})
 	if err := h.b.Publish(iotkv.ErrorTopic(user), msg, 0); err != nil {
 		h.b.log.Warn("status/error not published", "device", user, "err", err)
@@ -251,6 +253,18 @@ func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
 // connection closed by mochi (without the DISCONNECT 0x95 MQTT 5 asks
 // for); the limit is advertised in the CONNACK (OnPacketEncode). See
 // README "Limits".
+// redactTopic keeps keys (the kv topic's tail) and oversized names out of
+// logs.
+func redactTopic(topic string) string {
+	if t, ok := iotkv.ParseDeviceTopic(topic); ok && t.Kind == iotkv.TopicKV {
+		return iotkv.DeviceNamespace(t.Device) + "kv/…"
+	}
+	if len(topic) > 128 {
+		return topic[:128] + "…"
+	}
+	return topic
+}
+
 func reasonCode(code string) packets.Code {
 	switch code {
 	case iotkv.CodeTooLarge:

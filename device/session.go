@@ -141,10 +141,10 @@ func (c *Client) handle(s *runState, e event) {
 	case evError:
 		b := c.q.reject(e.seq)
 		if b == nil {
-			c.log.Warn("the edge refused a write that is not in the queue", "seq", e.seq, "code", e.code, "message", e.msg)
+			c.log.Warn("the edge refused a write that is not in the queue", "seq", e.seq, "code", e.code)
 			return
 		}
-		c.log.Error("the edge rejected a batch; its ops are dropped", "seq", e.seq, "ops", len(b.ops), "code", e.code, "message", e.msg)
+		c.log.Error("the edge rejected a batch; its ops are dropped", "seq", e.seq, "ops", len(b.ops), "code", e.code)
 		if c.opts.OnReject != nil {
 			r := Rejection{Seq: e.seq, Code: e.code, Message: e.msg}
 			for _, o := range b.ops {

@@ -27,7 +27,7 @@ var shared *edgeRig
 
 // rigDevices are the device identities of the shared rig, one or two per
 // test.
-var rigDevices = []string{"e2e", "dup", "bad", "ref-a", "ref-b"}
+var rigDevices = []string{"e2e", "dup", "bad", "ref-a", "ref-b", "logs"}
 
 func TestMain(m *testing.M) {
 	os.Exit(runWithRig(m))
@@ -47,6 +47,7 @@ func runWithRig(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "start the shared edge:", err)
 		return 1
 	}
+	r.logs = &logs
 	shared = r
 	code := m.Run()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -28,6 +28,7 @@ type edgeRig struct {
 	pki    *testenv.PKI
 	edge   *edge.Edge
 	client *http.Client // HTTPS, trusting the CA, presenting admin's certificate
+	logs   *lockedBuffer // everything the shared edge logged
 }
 
 const rigAdminPassword = "admin-secret"
