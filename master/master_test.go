@@ -518,9 +518,12 @@ func TestBackupReadsAreLimitedToAdminsAndTheEdgeItself(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Open(Options{DataDir: t.TempDir(), Password: "x", TLSFiles: r.pki.Paths("master"), Accounts: r.pki.Accounts,
-		Edges: []Edge{{ID: "../x", Addr: "127.0.0.1:1"}}}); err == nil {
-		t.Fatal("an edge id ../x was accepted")
+	// Edge ids name directories under DIR: none may escape it.
+	for _, id := range []string{"../x", "..", ".", "a/b", "/abs", "x\x00y", strings.Repeat("a", 300), ""} {
+		if _, err := Open(Options{DataDir: t.TempDir(), Password: "x", TLSFiles: r.pki.Paths("master"), Accounts: r.pki.Accounts,
+			Edges: []Edge{{ID: id, Addr: "127.0.0.1:1"}}}); err == nil {
+			t.Fatalf("an edge id %q was accepted", id)
+		}
 	}
 }
 
