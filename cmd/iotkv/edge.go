@@ -5,45 +5,17 @@ import (
 	"flag"
 	"time"
 
-	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/cliutil"
 	"github.com/iotkv/iotkv/s3store"
 )
 
-// tlsFlags are --certs D and the --ca/--cert/--key overrides.
-type tlsFlags struct{ dir, ca, cert, key string }
-
-func (t *tlsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&t.dir, "certs", "", "certificate directory holding ca.crt, NAME.crt, NAME.key")
-	fs.StringVar(&t.ca, "ca", "", "CA certificate (overrides --certs)")
-	fs.StringVar(&t.cert, "cert", "", "certificate (overrides --certs)")
-	fs.StringVar(&t.key, "key", "", "private key (overrides --certs)")
-}
-
-func (t *tlsFlags) paths(name string) (certs.Paths, error) {
-	p := certs.PathsFor(t.dir, name)
-	if t.ca != "" {
-		p.CA = t.ca
-	}
-	if t.cert != "" {
-		p.Cert = t.cert
-	}
-	if t.key != "" {
-		p.Key = t.key
-	}
-	if t.dir == "" && (t.ca == "" || t.cert == "" || t.key == "") {
-		return p, cliutil.Usagef("--certs D (or all of --ca, --cert, --key) is required")
-	}
-	return p, nil
-}
-
 func edgeCmd(args []string) error {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	var lf cliutil.Log
 	lf.Register(fs)
-	var tf tlsFlags
-	tf.register(fs)
+	var tf cliutil.TLSFlags
+	tf.Register(fs)
 	id := fs.String("id", "", "edge id (required); also its certificate name")
 	data := fs.String("data", "", "data directory (required)")
 	acc := fs.String("accounts", "", "accounts file (required)")
@@ -79,7 +51,7 @@ func edgeCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	paths, err := tf.paths(*id)
+	paths, err := tf.Paths(*id)
 	if err != nil {
 		return err
 	}

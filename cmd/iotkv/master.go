@@ -21,8 +21,8 @@ func masterCmd(args []string) error {
 	fs := flag.NewFlagSet("master", flag.ContinueOnError)
 	var lf cliutil.Log
 	lf.Register(fs)
-	var tf tlsFlags
-	tf.register(fs)
+	var tf cliutil.TLSFlags
+	tf.Register(fs)
 	data := fs.String("data", "", "backup directory (this or --store is required)")
 	store := fs.String("store", "", "keep the backups in object storage: s3://BUCKET/PREFIX")
 	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL for MinIO/Ceph/versitygw (path-style); default AWS")
@@ -65,7 +65,7 @@ func masterCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	paths, err := tf.paths(*name)
+	paths, err := tf.Paths(*name)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/internal/atomicfile"
 )
 
@@ -145,4 +146,34 @@ func WriteAddrFile(path string, addrs map[string]string) error {
 		return fmt.Errorf("write addr file: %w", err)
 	}
 	return nil
+}
+
+// TLSFlags are --certs D and the --ca/--cert/--key overrides every
+// command that speaks TLS takes.
+type TLSFlags struct{ Dir, CA, Cert, Key string }
+
+// Register adds the flags to fs.
+func (t *TLSFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&t.Dir, "certs", "", "certificate directory holding ca.crt, NAME.crt, NAME.key")
+	fs.StringVar(&t.CA, "ca", "", "CA certificate (overrides --certs)")
+	fs.StringVar(&t.Cert, "cert", "", "certificate (overrides --certs)")
+	fs.StringVar(&t.Key, "key", "", "private key (overrides --certs)")
+}
+
+// Paths returns the files of identity name.
+func (t *TLSFlags) Paths(name string) (certs.Paths, error) {
+	p := certs.PathsFor(t.Dir, name)
+	if t.CA != "" {
+		p.CA = t.CA
+	}
+	if t.Cert != "" {
+		p.Cert = t.Cert
+	}
+	if t.Key != "" {
+		p.Key = t.Key
+	}
+	if t.Dir == "" && (t.CA == "" || t.Cert == "" || t.Key == "") {
+		return p, Usagef("--certs D (or all of --ca, --cert, --key) is required")
+	}
+	return p, nil
 }

@@ -54,23 +54,20 @@ func RunIO(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 // flags are what every device subcommand takes.
 type flags struct {
-	log                     cliutil.Log
-	name, passwordFile      string
-	certsDir, ca, cert, key string
-	edge, rest, queue       string
-	queueMax                int64
-	flushTimeout, linger    time.Duration
-	window                  int
+	log                  cliutil.Log
+	name, passwordFile   string
+	tls                  cliutil.TLSFlags
+	edge, rest, queue    string
+	queueMax             int64
+	flushTimeout, linger time.Duration
+	window               int
 }
 
 func (f *flags) register(fs *flag.FlagSet) {
 	f.log.Register(fs)
 	fs.StringVar(&f.name, "name", "", "device name: the account and the certificate CN")
 	fs.StringVar(&f.passwordFile, "password-file", "", "password file (first line); IOTKV_PASSWORD as fallback")
-	fs.StringVar(&f.certsDir, "certs", "", "certificate directory holding ca.crt, NAME.crt, NAME.key")
-	fs.StringVar(&f.ca, "ca", "", "CA certificate (overrides --certs)")
-	fs.StringVar(&f.cert, "cert", "", "certificate (overrides --certs)")
-	fs.StringVar(&f.key, "key", "", "private key (overrides --certs)")
+	f.tls.Register(fs)
 	fs.StringVar(&f.edge, "edge", "localhost:8883", "the edge's MQTT/TLS address")
 	fs.StringVar(&f.rest, "rest", "https://localhost:8443", "the edge's HTTPS address")
 	fs.StringVar(&f.queue, "queue", "", "durable queue directory (default ./iotkv-queue/NAME)")
@@ -78,23 +75,6 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.flushTimeout, "flush-timeout", 30*time.Second, "how long to wait for the edge's acknowledgements before exiting")
 	fs.DurationVar(&f.linger, "linger", 5*time.Millisecond, "how long ops wait to fill a batch while others are in flight")
 	fs.IntVar(&f.window, "window", 8, "batches in flight")
-}
-
-func (f *flags) paths(name string) (certs.Paths, error) {
-	p := certs.PathsFor(f.certsDir, name)
-	if f.ca != "" {
-		p.CA = f.ca
-	}
-	if f.cert != "" {
-		p.Cert = f.cert
-	}
-	if f.key != "" {
-		p.Key = f.key
-	}
-	if f.certsDir == "" && (f.ca == "" || f.cert == "" || f.key == "") {
-		return p, cliutil.Usagef("--certs D (or all of --ca, --cert, --key) is required")
-	}
-	return p, nil
 }
 
 func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) error {
@@ -119,7 +99,7 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
-	paths, err := f.paths(f.name)
+	paths, err := f.tls.Paths(f.name)
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return cliutil.Usagef("device simulate: unexpected argument %q", pos[0])
 	}
-	if f.certsDir == "" {
+	if f.tls.Dir == "" {
 		return cliutil.Usagef("device simulate: --certs D is required")
 	}
 	if *devices < 1 || *rate <= 0 || *duration <= 0 {
@@ -52,7 +52,7 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	opts := sim.Options{
 		Devices: *devices, Rate: *rate, Duration: *duration, Prefix: *prefix,
-		CertsDir: f.certsDir, AccountsFile: *acc, Password: password,
+		CertsDir: f.tls.Dir, AccountsFile: *acc, Password: password,
 		Edge: f.edge, REST: f.rest, QueueDir: f.queue, Keys: *keys, Verify: *verify,
 		FlushTimeout: f.flushTimeout, Logger: log,
 	}
