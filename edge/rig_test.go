@@ -27,7 +27,7 @@ import (
 type edgeRig struct {
 	pki    *testenv.PKI
 	edge   *edge.Edge
-	client *http.Client // HTTPS, trusting the CA, presenting admin's certificate
+	client *http.Client  // HTTPS, trusting the CA, presenting admin's certificate
 	logs   *lockedBuffer // everything the shared edge logged
 }
 
