@@ -235,6 +235,24 @@ func (r *BackupReader) Next() (int, error) {
 // Entries is the number of entries read so far.
 func (r *BackupReader) Entries() int { return r.nEntry }
 
+// NextEntry skips to the next entry; it returns nil, nil at the end of the
+// document. A nil reader has no entries.
+func (r *BackupReader) NextEntry() (*BackupEntry, error) {
+	for r != nil {
+		kind, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if kind == BackupItemEntry {
+			return &r.Entry, nil
+		}
+	}
+	return nil, nil
+}
+
 func (r *BackupReader) fail(err error) error {
 	r.done = true
 	if errors.Is(err, io.EOF) {

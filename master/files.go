@@ -169,22 +169,7 @@ func mergeTo(bw *iotkv.BackupWriter, base io.Reader, overlay []overlayEntry) err
 			return err
 		}
 	}
-	nextBase := func() (*iotkv.BackupEntry, error) {
-		for r != nil {
-			kind, err := r.Next()
-			if errors.Is(err, io.EOF) {
-				r = nil
-				return nil, nil
-			}
-			if err != nil {
-				return nil, err
-			}
-			if kind == iotkv.BackupItemEntry {
-				return &r.Entry, nil
-			}
-		}
-		return nil, nil
-	}
+	nextBase := r.NextEntry
 	b, err := nextBase()
 	if err != nil {
 		return err

@@ -373,20 +373,7 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string,
 			firstEntry = nil
 			return e, nil
 		}
-		for base != nil {
-			kind, err := base.Next()
-			if errors.Is(err, io.EOF) {
-				base = nil
-				return nil, nil
-			}
-			if err != nil {
-				return nil, err
-			}
-			if kind == iotkv.BackupItemEntry {
-				return &base.Entry, nil
-			}
-		}
-		return nil, nil
+		return base.NextEntry()
 	}
 	overlay := pend.sorted()
 	b, err := next()
