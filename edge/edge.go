@@ -231,6 +231,10 @@ func (e *Edge) MQTTAddr() string { return e.broker.Addr() }
 // HTTPAddr is the bound HTTPS address.
 func (e *Edge) HTTPAddr() string { return e.http.Addr() }
 
+// ChangeSeq is the seq of the newest change in the change log: what the
+// master's backup of this edge has to reach.
+func (e *Edge) ChangeSeq() uint64 { return e.backup.last.Load() }
+
 // Ready reports whether the edge can take writes.
 func (e *Edge) Ready() error {
 	if e.c.failed.Load() {

@@ -304,6 +304,7 @@ func (eb *edgeBackup) changes(payload []byte) {
 		eb.applyLocked(c)
 		eb.seq = c.Seq
 	}
+	eb.edgeSeq = max(eb.edgeSeq, eb.seq) // the edge has at least what it sent; the next hello may be late
 	eb.mu.Unlock()
 	eb.unsynced = true
 	eb.lastProgress = time.Now()

@@ -173,9 +173,9 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		sum.Lost += r.Lost
 		sum.Mismatched += r.Mismatched
 	}
-	waitBackups(m, 15*time.Second)
+	waitBackups(m, edges, 15*time.Second)
 	for _, st := range m.Status() {
-		sum.BackupSeq[st.Edge], sum.EdgeSeq[st.Edge] = st.Seq, st.EdgeSeq
+		sum.BackupSeq[st.Edge], sum.EdgeSeq[st.Edge] = st.Seq, edges[st.Edge].ChangeSeq()
 	}
 	printSummary(o.Out, sum, edgeIDs)
 	if sum.Lost+sum.Mismatched > 0 {
@@ -192,12 +192,16 @@ func splitDevices(n, parts int) []int {
 	return out
 }
 
-func waitBackups(m *master.Master, within time.Duration) {
+// waitBackups waits until the master holds every change each edge has
+// logged. It reads the edges' own change seq: the one the master last
+// heard in a hello may be a second old.
+func waitBackups(m *master.Master, edges map[string]*edge.Edge, within time.Duration) {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		caught := true
 		for _, st := range m.Status() {
-			if !st.Connected || st.Seq < st.EdgeSeq || st.Pending > 0 {
+			e := edges[st.Edge]
+			if !st.Connected || e == nil || st.Seq < e.ChangeSeq() || st.Pending > 0 {
 				caught = false
 			}
 		}
