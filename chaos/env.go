@@ -263,7 +263,7 @@ func (w *writer) start(flushOnly bool) {
 	}
 	args := []string{"--edge", w.edge, "--certs", e.pki.Dir, "--queue", filepath.Join(e.dir, "queues"),
 		"--devices", strings.Join(w.devices, ","), "--base", fmt.Sprint(base * 10_000_000),
-		"--rate", fmt.Sprint(w.o.rate), "--keys", fmt.Sprint(w.o.keys), "--log-level", "warn"}
+		"--rate", fmt.Sprint(w.o.rate), "--keys", fmt.Sprint(w.o.keys), "--log-level", "info"}
 	if len(w.o.skews) > 0 {
 		args = append(args, "--skew", strings.Join(w.o.skews, ","))
 	}

@@ -84,6 +84,11 @@ func (e *env) finishEdge(ep *edgeProc, row *Row, exact, changeLog bool) check {
 			t.Fatal(err)
 		}
 		c.changes, c.twice = n, c.twice+dups
+		if len(c.lostOps) > 0 {
+			if trace, err := changeLogTrace(ep.data, c.lostOps); err == nil {
+				t.Logf("change log of the devices with lost ops (change seq, batch seq, key, op):\n%s", trace)
+			}
+		}
 	}
 	row.Acked, row.Lost, row.Twice = c.acked, c.lost+c.badTS, c.twice
 	return c

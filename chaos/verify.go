@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -179,6 +180,45 @@ func changeLogDuplicates(dir string, fs vfs.FS) (changes, dups int, err error) {
 		seen[k] = true
 	}
 	return changes, dups, it.Error()
+}
+
+// changeLogTrace lists, for each device with a lost op, its last 40
+// changes and every change of a lost key: what a failure report needs to
+// tell a lost batch from a batch applied out of order.
+func changeLogTrace(dir string, lost []lostOp) (string, error) {
+	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{}})
+	if err != nil {
+		return "", fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer db.Close()
+	keys := map[[2]string]bool{}
+	for _, l := range lost {
+		keys[[2]string{l.device, l.key}] = true
+		keys[[2]string{l.device, ""}] = true
+	}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("c\x00"), UpperBound: []byte("c\x01")})
+	if err != nil {
+		return "", err
+	}
+	defer it.Close()
+	var lines, tail []string
+	for ok := it.First(); ok; ok = it.Next() {
+		var ch iotkv.Change
+		if json.Unmarshal(it.Value(), &ch) != nil || !keys[[2]string{ch.Device, ""}] {
+			continue
+		}
+		var v value
+		_ = json.Unmarshal(ch.Value, &v)
+		line := fmt.Sprintf("%d %s seq=%d %s n=%d", ch.Seq, ch.Device, ch.DeviceSeq, ch.Key, v.N)
+		if keys[[2]string{ch.Device, ch.Key}] {
+			lines = append(lines, line)
+		}
+		tail = append(tail, line)
+		if len(tail) > 40 {
+			tail = tail[1:]
+		}
+	}
+	return strings.Join(lines, "\n") + "\n-- last changes --\n" + strings.Join(tail, "\n"), it.Error()
 }
 
 // latestDoc is latest.json as SPEC describes it.
