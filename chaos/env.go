@@ -42,11 +42,17 @@ type env struct {
 	ledger  *ledger
 	client  *http.Client // the auditor's HTTPS client
 	runs    map[string]int64
+	// Per device: the first op number of its latest writer run, and
+	// whether a run of it was killed (its last ops may be durable in the
+	// queue without a printed promise).
+	lastBase map[string]int64
+	killed   map[string]bool
 }
 
 func newEnv(t testing.TB, bins Bins, devices int) *env {
 	t.Helper()
-	e := &env{t: t, bins: bins, pki: testenv.NewPKI(t), dir: t.TempDir(), ledger: newLedger(), runs: map[string]int64{}}
+	e := &env{t: t, bins: bins, pki: testenv.NewPKI(t), dir: t.TempDir(), ledger: newLedger(), runs: map[string]int64{},
+		lastBase: map[string]int64{}, killed: map[string]bool{}}
 	ids := map[string]iotkv.Role{edgeID: iotkv.RoleEdge, "master": iotkv.RoleMaster, auditor: iotkv.RoleAdmin, "probe": iotkv.RoleDevice}
 	for i := range devices {
 		name := fmt.Sprintf("dev-%02d", i+1)
@@ -261,6 +267,9 @@ func (w *writer) start(flushOnly bool) {
 		e.runs[d]++
 		base = max(base, e.runs[d])
 	}
+	for _, d := range w.devices {
+		e.lastBase[d] = base * 10_000_000
+	}
 	args := []string{"--edge", w.edge, "--certs", e.pki.Dir, "--queue", filepath.Join(e.dir, "queues"),
 		"--devices", strings.Join(w.devices, ","), "--base", fmt.Sprint(base * 10_000_000),
 		"--rate", fmt.Sprint(w.o.rate), "--keys", fmt.Sprint(w.o.keys), "--log-level", "info"}
@@ -273,10 +282,14 @@ func (w *writer) start(flushOnly bool) {
 	w.p = startProc(e.t, "writer "+strings.Join(w.devices, ","), e.ledger.line, e.bins.Writer, args...)
 }
 
-// restart kill -9s the writer and starts it again on the same queues.
-func (w *writer) restart() {
+// kill is kill -9 of the writer. Its devices' last ops may now be
+// durable in their queues, and so reach the edge, without a promise
+// printed for them.
+func (w *writer) kill() {
+	for _, d := range w.devices {
+		w.e.killed[d] = true
+	}
 	w.p.kill()
-	w.start(false)
 }
 
 // finish stops the writer cleanly: it flushes every queued op to the edge

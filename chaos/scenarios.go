@@ -101,7 +101,7 @@ func report(t testing.TB, row Row, c check) {
 			if i == 10 {
 				break
 			}
-			t.Errorf("lost: %s/%s op %d (ts %d)", l.device, l.key, l.p.n, l.p.ts)
+			t.Errorf("lost: %s/%s op %d (ts %d); the edge has %s", l.device, l.key, l.p.n, l.p.ts, l.got)
 		}
 		t.Errorf("%s: lost %d (wrong ts %d), applied twice %d", row.Scenario, row.Lost, c.badTS, row.Twice)
 	}
@@ -148,7 +148,7 @@ func DeviceKills(t *testing.T, bins Bins, cycles int) Row {
 	for i := range cycles {
 		jitter(300*time.Millisecond, 900*time.Millisecond)
 		w := ws[i%len(ws)]
-		w.p.kill()
+		w.kill()
 		from := e.ledger.ackSeqs(w.devices)
 		at := time.Now()
 		w.start(false)
