@@ -238,7 +238,10 @@ func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
 	// gets it on status/error, the log gets the code.
 	h.b.log.Warn("device write refused", "device", user, "topic", redactTopic(pk.TopicName), "seq", r.Seq, "code", code)
 	msg, _ := json.Marshal(iotkv.ErrorMessage{Seq: r.Seq, Code: code, Message: r.Err.Error()})
-	if err := h.b.Publish(iotkv.ErrorTopic(user), msg, 0); err != nil {
+	// QoS 1: a device drops a refused batch only on this message, and a
+	// later status/ack would otherwise count it as applied. mochi drops
+	// QoS 0 messages for a client whose outbound buffer is full.
+	if err := h.b.Publish(iotkv.ErrorTopic(user), msg, 1); err != nil {
 		h.b.log.Warn("status/error not published", "device", user, "err", err)
 	}
 }
