@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -23,11 +22,14 @@ type Manifest struct {
 	Edge        string `json:"edge"`
 	Incarnation string `json:"incarnation"`
 	SnapSeq     uint64 `json:"snap_seq"` // 0: no snapshot, the chain starts at seq 1
-	Snapshot    string `json:"snapshot,omitempty"`
-	CreatedAt   string `json:"created_at"`
-	UpdatedAt   string `json:"updated_at"`
-	Writer      string `json:"writer"`
-	Rev         uint64 `json:"rev"`
+	// Snapshot names the snapshot object relative to the incarnation:
+	// snap/{SnapSeq:020d}.json or .json.zst (zstd). Readers decode by this
+	// name; empty with SnapSeq > 0 means the .json.
+	Snapshot  string `json:"snapshot,omitempty"`
+	CreatedAt string `json:"created_at"`
+	UpdatedAt string `json:"updated_at"`
+	Writer    string `json:"writer"`
+	Rev       uint64 `json:"rev"`
 }
 
 func now() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00") }
@@ -43,13 +45,20 @@ func (s *Store) ReadManifest(ctx context.Context, edge, inc string) (Manifest, s
 	if err := json.Unmarshal(data, &m); err != nil {
 		return m, "", fmt.Errorf("s3store: manifest of %s/%s: %w", edge, inc, err)
 	}
+	m.Edge, m.Incarnation = edge, inc // where it is stored is what it describes
 	return m, info.ETag, nil
 }
 
 // AdvanceManifest moves the manifest of edge/inc to snapshot seq (never
-// back), creating it when missing. It retries lost races; a manifest
-// already at or past seq is success.
+// back), creating it when missing; seq > 0 names the snapshot this Store
+// writes (.json.zst or .json as it compresses). It retries lost races; a
+// manifest already at or past seq is success.
 func (s *Store) AdvanceManifest(ctx context.Context, edge, inc string, seq uint64) error {
+	return s.advanceManifest(ctx, edge, inc, seq, snapshotName(seq, s.snapExt()))
+}
+
+// advanceManifest moves the manifest to snapshot seq stored as name.
+func (s *Store) advanceManifest(ctx context.Context, edge, inc string, seq uint64, name string) error {
 	for attempt := 0; attempt < 5; attempt++ {
 		m, etag, err := s.ReadManifest(ctx, edge, inc)
 		switch {
@@ -64,7 +73,7 @@ func (s *Store) AdvanceManifest(ctx context.Context, edge, inc string, seq uint6
 		}
 		m.SnapSeq, m.UpdatedAt, m.Writer, m.Rev = seq, now(), s.nonce, m.Rev+1
 		if seq > 0 {
-			m.Snapshot = strings.TrimPrefix(s.SnapshotKey(edge, inc, seq), s.incDir(edge, inc))
+			m.Snapshot = name
 		}
 		body, _ := json.Marshal(m)
 		_, err = s.put(ctx, "manifest", s.manifestKey(edge, inc), append(body, '\n'), etag, nil)
@@ -166,7 +175,7 @@ func (s *Store) readSegment(ctx context.Context, edge, inc string, first uint64,
 	key := s.SegmentKey(edge, inc, first)
 	ctx, cancel := context.WithTimeout(ctx, 3*s.timeout)
 	defer cancel()
-	rc, err := s.open(ctx, "segment", key)
+	rc, _, err := s.open(ctx, "segment", key)
 	if err != nil {
 		return err
 	}
@@ -305,13 +314,18 @@ func (s *Store) WriteState(ctx context.Context, w io.Writer, edge, inc string) (
 	if err != nil {
 		return iotkv.BackupHeader{}, err
 	}
-	return s.writeStateAt(ctx, w, m.Edge, m.Incarnation, m.SnapSeq, nil)
+	return s.writeStateAt(ctx, w, m, nil)
 }
 
-// writeStateAt merges snap/{snapSeq} (none when 0) with the chain after it.
-// When upTo is given, it stops the chain there (0 in *upTo: no limit) and
-// reports the end.
-func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string, snapSeq uint64, end *uint64) (iotkv.BackupHeader, error) {
+// writeStateAt merges the snapshot manifest m names (none when its SnapSeq
+// is 0) with the chain after it. When end is given, it reports the last
+// seq of the chain there.
+func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *uint64) (iotkv.BackupHeader, error) {
+	edge, inc, snapSeq := m.Edge, m.Incarnation, m.SnapSeq
+	snapKey, err := s.snapshotKey(m)
+	if err != nil {
+		return iotkv.BackupHeader{}, err
+	}
 	pend := newPending()
 	last, err := s.ReadChain(ctx, edge, inc, snapSeq, func(c *iotkv.Change) error { pend.apply(c); return nil })
 	if err != nil {
@@ -323,14 +337,14 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string,
 	var base *iotkv.BackupReader
 	devices := map[string]uint64{}
 	var firstEntry *iotkv.BackupEntry
-	if snapSeq > 0 {
-		rc, err := s.open(ctx, "snapshot", s.SnapshotKey(edge, inc, snapSeq))
+	if snapKey != "" {
+		rc, err := s.openSnapshot(ctx, snapKey)
 		if err != nil {
 			return iotkv.BackupHeader{}, fmt.Errorf("snapshot %d named by the manifest: %w", snapSeq, err)
 		}
 		defer rc.Close()
 		if base, err = iotkv.NewBackupReader(bufio.NewReaderSize(rc, 256<<10)); err != nil {
-			return iotkv.BackupHeader{}, err
+			return iotkv.BackupHeader{}, fmt.Errorf("snapshot %d: %w", snapSeq, err)
 		}
 		// Devices come before entries in our snapshots: read up to the
 		// first entry.
@@ -341,7 +355,7 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string,
 				break
 			}
 			if err != nil {
-				return iotkv.BackupHeader{}, err
+				return iotkv.BackupHeader{}, fmt.Errorf("snapshot %d: %w", snapSeq, err)
 			}
 			if kind == iotkv.BackupItemDevice {
 				devices[base.Device.Device] = base.Device.LastSeq
@@ -373,7 +387,11 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string,
 			firstEntry = nil
 			return e, nil
 		}
-		return base.NextEntry()
+		e, err := base.NextEntry()
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %d: %w", snapSeq, err)
+		}
+		return e, nil
 	}
 	overlay := pend.sorted()
 	b, err := next()
@@ -419,35 +437,27 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, edge, inc string,
 func (s *Store) Compact(ctx context.Context, edge, inc string) (uint64, error) {
 	m, _, err := s.ReadManifest(ctx, edge, inc)
 	if errors.Is(err, ErrNotFound) {
-		m = Manifest{}
+		m = Manifest{Edge: edge, Incarnation: inc}
 	} else if err != nil {
 		return 0, err
 	}
-	f, err := os.CreateTemp("", "iotkv-snap-*.json")
+	sf, err := s.newSnapFile("iotkv-snap-*")
 	if err != nil {
 		return 0, fmt.Errorf("s3store: compact: %w", err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+	defer sf.remove()
 	var end uint64
-	bw := bufio.NewWriterSize(f, 256<<10)
-	if _, err := s.writeStateAt(ctx, bw, edge, inc, m.SnapSeq, &end); err != nil {
+	if _, err := s.writeStateAt(ctx, sf, m, &end); err != nil {
 		return m.SnapSeq, err
 	}
 	if end <= m.SnapSeq {
 		return m.SnapSeq, nil
 	}
-	if err := bw.Flush(); err != nil {
+	name, err := s.storeSnapshot(ctx, sf, edge, inc, end)
+	if err != nil {
 		return m.SnapSeq, fmt.Errorf("s3store: compact: %w", err)
 	}
-	size, err := f.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return m.SnapSeq, err
-	}
-	if _, err := s.putFile(ctx, "snapshot", s.SnapshotKey(edge, inc, end), f, size, map[string]string{metaWriter: s.nonce}); err != nil {
-		return m.SnapSeq, err
-	}
-	if err := s.AdvanceManifest(ctx, edge, inc, end); err != nil {
+	if err := s.advanceManifest(ctx, edge, inc, end, name); err != nil {
 		return m.SnapSeq, err
 	}
 	s.trim(ctx, edge, inc, m.SnapSeq)
@@ -482,11 +492,27 @@ func (s *Store) trim(ctx context.Context, edge, inc string, keep uint64) {
 		return
 	}
 	for _, k := range keys {
-		n, _ := strings.CutSuffix(strings.TrimPrefix(k, p), ".json")
-		if seq, err := strconv.ParseUint(n, 10, 64); err == nil && seq < keep {
+		if seq, _, ok := parseSnapshotName(strings.TrimPrefix(k, s.incDir(edge, inc))); ok && seq < keep {
 			_ = s.remove(ctx, "snapshot", k)
 		}
 	}
+}
+
+// storeSnapshot ends the document spooled in sf and stores it create-only
+// as snapshot seq of edge/inc; it returns the name the manifest records.
+// An object already there (another master's) is as good as ours.
+func (s *Store) storeSnapshot(ctx context.Context, sf *snapFile, edge, inc string, seq uint64) (string, error) {
+	ext, size, err := sf.finish()
+	if err != nil {
+		return "", err
+	}
+	name := snapshotName(seq, ext)
+	if _, err := s.putFile(ctx, "snapshot", s.incDir(edge, inc)+name, sf.f, size, map[string]string{metaWriter: s.nonce}); err != nil {
+		return "", err
+	}
+	s.log.Debug("s3store: snapshot stored", "edge", edge, "incarnation", inc, "seq", seq,
+		"object", name, "bytes", size, "document_bytes", sf.plain)
+	return name, nil
 }
 
 // SnapshotWriter receives a full state from an edge (a resync) into a
@@ -495,20 +521,19 @@ type SnapshotWriter struct {
 	s         *Store
 	edge, inc string
 	seq       uint64
-	f         *os.File
+	sf        *snapFile
 	bw        *iotkv.BackupWriter
 	devices   []iotkv.DeviceSeq
-	buf       *bufio.Writer
 	last      iotkv.BackupEntry
 }
 
 // NewSnapshotWriter starts a snapshot of edge/inc at seq.
 func (s *Store) NewSnapshotWriter(edge, inc string, seq uint64) (*SnapshotWriter, error) {
-	f, err := os.CreateTemp("", "iotkv-incoming-*.json")
+	sf, err := s.newSnapFile("iotkv-incoming-*")
 	if err != nil {
-		return nil, fmt.Errorf("s3store: %w", err)
+		return nil, err
 	}
-	return &SnapshotWriter{s: s, edge: edge, inc: inc, seq: seq, f: f, buf: bufio.NewWriterSize(f, 256<<10)}, nil
+	return &SnapshotWriter{s: s, edge: edge, inc: inc, seq: seq, sf: sf}, nil
 }
 
 // Devices adds devices' last seqs; only before the first Entry.
@@ -524,12 +549,15 @@ func (w *SnapshotWriter) start() error {
 	if w.bw != nil {
 		return nil
 	}
+	if w.sf == nil {
+		return errors.New("snapshot: already committed or aborted")
+	}
 	slices.SortFunc(w.devices, func(a, b iotkv.DeviceSeq) int { return strings.Compare(a.Device, b.Device) })
 	if w.devices == nil {
 		w.devices = []iotkv.DeviceSeq{}
 	}
 	var err error
-	w.bw, err = iotkv.NewBackupWriter(w.buf, iotkv.BackupHeader{Edge: w.edge, Incarnation: w.inc, Seq: w.seq, TakenAt: now()}, w.devices)
+	w.bw, err = iotkv.NewBackupWriter(w.sf, iotkv.BackupHeader{Edge: w.edge, Incarnation: w.inc, Seq: w.seq, TakenAt: now()}, w.devices)
 	return err
 }
 
@@ -554,27 +582,21 @@ func (w *SnapshotWriter) Commit(ctx context.Context) error {
 	if err := w.bw.Close(); err != nil {
 		return err
 	}
-	if err := w.buf.Flush(); err != nil {
-		return err
+	if w.seq == 0 {
+		return w.s.AdvanceManifest(ctx, w.edge, w.inc, 0)
 	}
-	size, err := w.f.Seek(0, io.SeekCurrent)
+	name, err := w.s.storeSnapshot(ctx, w.sf, w.edge, w.inc, w.seq)
 	if err != nil {
-		return err
+		return fmt.Errorf("s3store: snapshot of %s/%s at %d: %w", w.edge, w.inc, w.seq, err)
 	}
-	if w.seq > 0 {
-		if _, err := w.s.putFile(ctx, "snapshot", w.s.SnapshotKey(w.edge, w.inc, w.seq), w.f, size, map[string]string{metaWriter: w.s.nonce}); err != nil {
-			return err
-		}
-	}
-	return w.s.AdvanceManifest(ctx, w.edge, w.inc, w.seq)
+	return w.s.advanceManifest(ctx, w.edge, w.inc, w.seq, name)
 }
 
 // Abort drops the temporary file; safe after Commit.
 func (w *SnapshotWriter) Abort() {
-	if w.f != nil {
-		_ = w.f.Close()
-		_ = os.Remove(w.f.Name())
-		w.f = nil
+	if w.sf != nil {
+		w.sf.remove()
+		w.sf = nil
 	}
 }
 

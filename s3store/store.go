@@ -3,7 +3,8 @@
 // PREFIX/edges/{edge}/{incarnation}/:
 //
 //	seg/{firstSeq:020d}.jsonl  changes firstSeq..last, one per line; create-only
-//	snap/{seq:020d}.json       the full state at seq (a backup document); create-only
+//	snap/{seq:020d}.json.zst   the full state at seq (a backup document), zstd;
+//	                           or .json, plain (Options.Compression none); create-only
 //	manifest.json              which snapshot restores start from; compare-and-swap
 //	lease.json                 which master compacts; compare-and-swap
 //
@@ -12,8 +13,13 @@
 // we write names its writer (a random nonce per Store), so a 412 caused by
 // the client retrying our own successful request is recognised as ours.
 //
-// The package depends on the root iotkv package and minio-go only; the
-// master (writer) and the edge's restore (reader) both use it.
+// The manifest names its snapshot object, and readers decode by that name,
+// so plain and compressed snapshots (and those of versions before
+// compression) restore alike.
+//
+// The package depends on the root iotkv package, minio-go and
+// klauspost/compress (zstd) only; the master (writer) and the edge's
+// restore (reader) both use it.
 package s3store
 
 import (
@@ -67,6 +73,9 @@ type Options struct {
 	Registry prometheus.Registerer // nil: metrics are kept but not registered
 	// RequestTimeout bounds one request, retries included. Default 10s.
 	RequestTimeout time.Duration
+	// Compression of the snapshots this Store writes: CompressZstd
+	// (default, .json.zst) or CompressNone (.json). Reading takes either.
+	Compression string
 }
 
 // Store is an open bucket/prefix. Safe for concurrent use.
@@ -78,6 +87,8 @@ type Store struct {
 	log     *slog.Logger
 	timeout time.Duration
 	m       *Metrics
+	// compress is CompressZstd or CompressNone.
+	compress string
 }
 
 // ParseURL splits s3://BUCKET/PREFIX.
@@ -108,6 +119,10 @@ func Open(o Options) (*Store, error) {
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 10 * time.Second
 	}
+	compress, err := ParseCompression(o.Compression)
+	if err != nil {
+		return nil, fmt.Errorf("s3store: %w", err)
+	}
 	if o.Region == "" {
 		o.Region = cmpOr(os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION"), "us-east-1")
 	}
@@ -137,7 +152,8 @@ func Open(o Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	return &Store{c: c, bucket: bucket, prefix: prefix, nonce: hex.EncodeToString(n[:]), log: o.Logger, timeout: o.RequestTimeout, m: m}, nil
+	return &Store{c: c, bucket: bucket, prefix: prefix, nonce: hex.EncodeToString(n[:]), log: o.Logger, timeout: o.RequestTimeout, m: m,
+		compress: compress}, nil
 }
 
 func cmpOr(vals ...string) string {
@@ -182,9 +198,18 @@ func (s *Store) SegmentKey(edge, inc string, first uint64) string {
 	return fmt.Sprintf("%sseg/%020d.jsonl", s.incDir(edge, inc), first)
 }
 
-// SnapshotKey is edges/{edge}/{inc}/snap/{seq:020d}.json under the prefix.
+// SnapshotKey is edges/{edge}/{inc}/snap/{seq:020d}.json under the prefix:
+// a plain snapshot (the compressed one adds .zst; the manifest names which).
 func (s *Store) SnapshotKey(edge, inc string, seq uint64) string {
-	return fmt.Sprintf("%ssnap/%020d.json", s.incDir(edge, inc), seq)
+	return s.incDir(edge, inc) + snapshotName(seq, extPlain)
+}
+
+// snapExt is the extension of the snapshots this Store writes.
+func (s *Store) snapExt() string {
+	if s.compress == CompressZstd {
+		return extZstd
+	}
+	return extPlain
 }
 
 func (s *Store) manifestKey(edge, inc string) string { return s.incDir(edge, inc) + "manifest.json" }
@@ -224,6 +249,9 @@ func (s *Store) putFile(ctx context.Context, kind, key string, f *os.File, size 
 	ctx, cancel := context.WithTimeout(ctx, 10*s.timeout)
 	defer cancel()
 	opts := minio.PutObjectOptions{UserMetadata: meta, ContentType: "application/json", DisableMultipart: true}
+	if strings.HasSuffix(key, extZstd) {
+		opts.ContentType = "application/zstd"
+	}
 	opts.SetMatchETagExcept("*")
 	_, err = s.c.PutObject(ctx, s.bucket, key, io.NewSectionReader(f, 0, size), size, opts)
 	s.m.observe("put_"+kind, err)
@@ -262,21 +290,25 @@ func (s *Store) get(ctx context.Context, kind, key string) ([]byte, minio.Object
 	return data, info, nil
 }
 
-// open streams an object; the caller closes it.
-func (s *Store) open(ctx context.Context, kind, key string) (io.ReadCloser, error) {
+// open streams an object and tells its size; the caller closes it.
+func (s *Store) open(ctx context.Context, kind, key string) (io.ReadCloser, int64, error) {
 	obj, err := s.c.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	var info minio.ObjectInfo
 	if err == nil {
-		_, err = obj.Stat()
+		info, err = obj.Stat()
+		if err != nil {
+			obj.Close()
+		}
 	}
 	if isStatus(err, http.StatusNotFound) {
 		s.m.observe("get_"+kind, nil)
-		return nil, ErrNotFound
+		return nil, 0, ErrNotFound
 	}
 	s.m.observe("get_"+kind, err)
 	if err != nil {
-		return nil, fmt.Errorf("s3store: get %s: %w", key, err)
+		return nil, 0, fmt.Errorf("s3store: get %s: %w", key, err)
 	}
-	return obj, nil
+	return obj, info.Size, nil
 }
 
 func (s *Store) stat(ctx context.Context, kind, key string) (minio.ObjectInfo, error) {

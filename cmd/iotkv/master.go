@@ -27,6 +27,7 @@ func masterCmd(args []string) error {
 	store := fs.String("store", "", "keep the backups in object storage: s3://BUCKET/PREFIX")
 	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL for MinIO/Ceph/versitygw (path-style); default AWS")
 	s3Region := fs.String("s3-region", "", "S3 region (default $AWS_REGION, then us-east-1)")
+	s3Compress := fs.String("s3-compress", s3store.CompressZstd, "with --store: snapshots as zstd (.json.zst) or none (.json); restores read either")
 	flushInterval := fs.Duration("flush-interval", time.Second, "with --store: store a segment at least this often")
 	flushBytesS := fs.String("flush-bytes", "1MiB", "with --store: or when this much is buffered (B, KiB, MiB)")
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "with --store: lease time of the master that compacts")
@@ -78,7 +79,10 @@ func masterCmd(args []string) error {
 		if _, _, err := s3store.ParseURL(*store); err != nil {
 			return cliutil.Usagef("master: --store: %v", err)
 		}
-		if st, err = s3store.Open(s3store.Options{URL: *store, Endpoint: *s3Endpoint, Region: *s3Region, Logger: log}); err != nil {
+		if _, err := s3store.ParseCompression(*s3Compress); err != nil {
+			return cliutil.Usagef("master: --s3-compress: %v", err)
+		}
+		if st, err = s3store.Open(s3store.Options{URL: *store, Endpoint: *s3Endpoint, Region: *s3Region, Compression: *s3Compress, Logger: log}); err != nil {
 			return cliutil.Usagef("master: %v", err)
 		}
 		if err := st.Ping(context.Background()); err != nil {
