@@ -129,6 +129,10 @@ type Load struct {
 	Payload  func(dev string, seq uint64) []byte
 	InFlight int
 	Rate     float64 // total messages/s; 0: as fast as acks allow
+	// Stagger spreads the clients' first publishes over one period of
+	// Rate (otherwise every client starts at once and the load comes in
+	// bursts, one per period).
+	Stagger  bool
 	Warmup   time.Duration
 	Duration time.Duration
 }
@@ -169,7 +173,11 @@ func (l Load) Run(ctx context.Context) LoadResult {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				next := time.Now().Add(time.Duration(w) * perWorker / time.Duration(max(l.InFlight, 1)))
+				slot, slots := w, max(l.InFlight, 1)
+				if l.Stagger {
+					slot, slots = i*slots+w, len(l.Clients)*slots
+				}
+				next := time.Now().Add(time.Duration(slot) * perWorker / time.Duration(slots))
 				for ctx.Err() == nil {
 					if perWorker > 0 {
 						if d := time.Until(next); d > 0 {

@@ -36,6 +36,11 @@ type Proc struct {
 // Start runs name with args in its own process group, its output in
 // dir/<label>.log.
 func Start(label, dir, name string, args ...string) (*Proc, error) {
+	return StartEnv(label, dir, nil, name, args...)
+}
+
+// StartEnv is Start with env added to the harness's environment.
+func StartEnv(label, dir string, env []string, name string, args ...string) (*Proc, error) {
 	logPath := filepath.Join(dir, label+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -43,6 +48,9 @@ func Start(label, dir, name string, args ...string) (*Proc, error) {
 	}
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()

@@ -81,6 +81,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		{"6", "Connection storm", r.scenStorm},
 		{"7", "Backup lag and restore", r.scenBackup},
 		{"8", "Scaling with stored keys", r.scenScale},
+		{"9", "Master on S3 (versitygw): backup lag and PUTs at the default flush", r.scenS3},
 	}
 	start := time.Now()
 	for _, s := range scenarios {

@@ -161,13 +161,20 @@ tls_version tlsv1.2
 }
 
 // NATSBinary finds nats-server on PATH or in GOPATH/bin.
-func NATSBinary() string {
-	if p, err := exec.LookPath("nats-server"); err == nil {
+func NATSBinary() string { return goTool("nats-server") }
+
+// goTool finds a tool installed with go install: on PATH or in
+// $(go env GOPATH)/bin; "" when it is in neither.
+func goTool(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
 	out, err := exec.Command("go", "env", "GOPATH").Output()
-	if err == nil {
-		p := filepath.Join(strings.TrimSpace(string(out)), "bin", "nats-server")
+	if err != nil {
+		return ""
+	}
+	for _, dir := range filepath.SplitList(strings.TrimSpace(string(out))) {
+		p := filepath.Join(dir, "bin", name)
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
