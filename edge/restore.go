@@ -114,6 +114,9 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 		err = cerr
 	}
 	if err != nil {
+		// A failed restore leaves nothing behind: not the half-written
+		// store, and not DataDir, which it never touched.
+		_ = os.RemoveAll(tmp)
 		return fmt.Errorf("restore: %w (the data dir was not touched; run again)", err)
 	}
 	if !empty {

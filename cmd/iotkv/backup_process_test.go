@@ -39,9 +39,19 @@ type serverProc struct {
 // trusting the CA).
 func startServerProc(t *testing.T, client *http.Client, name string, args ...string) *serverProc {
 	t.Helper()
+	return startServerProcEnv(t, client, name, nil, args...)
+}
+
+// startServerProcEnv is startServerProc with env added to the test's own
+// environment (the AWS_* variables of a master on S3).
+func startServerProcEnv(t *testing.T, client *http.Client, name string, env []string, args ...string) *serverProc {
+	t.Helper()
 	addrFile := filepath.Join(t.TempDir(), name+"-addrs.json")
 	s := &serverProc{name: name, out: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(iotkvBin, append(args, "--addr-file", addrFile, "--log-level", "debug")...)
+	if env != nil {
+		s.cmd.Env = append(os.Environ(), env...)
+	}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {

@@ -47,6 +47,9 @@ func edgeCmd(args []string) error {
 	if *id == "" || *data == "" || *acc == "" {
 		return cliutil.Usagef("edge: --id, --data and --accounts are required")
 	}
+	if err := checkRestoreURL(*restoreFrom); err != nil {
+		return err
+	}
 	log, err := lf.Logger()
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -55,6 +56,14 @@ func masterCmd(args []string) error {
 	if *interval <= 0 {
 		return cliutil.Usagef("master: --snapshot-interval must be positive")
 	}
+	if *store != "" {
+		if err := checkStoreURL("master: --store", *store); err != nil {
+			return err
+		}
+		if _, err := s3store.ParseCompression(*s3Compress); err != nil {
+			return cliutil.Usagef("master: --s3-compress: %v", err)
+		}
+	}
 	if _, err := edge.ClientAuth(*restCert); err != nil {
 		return cliutil.Usagef("%v", err)
 	}
@@ -76,12 +85,6 @@ func masterCmd(args []string) error {
 	}
 	var st *s3store.Store
 	if *store != "" {
-		if _, _, err := s3store.ParseURL(*store); err != nil {
-			return cliutil.Usagef("master: --store: %v", err)
-		}
-		if _, err := s3store.ParseCompression(*s3Compress); err != nil {
-			return cliutil.Usagef("master: --s3-compress: %v", err)
-		}
 		if st, err = s3store.Open(s3store.Options{URL: *store, Endpoint: *s3Endpoint, Region: *s3Region, Compression: *s3Compress, Logger: log}); err != nil {
 			return cliutil.Usagef("master: %v", err)
 		}
@@ -143,7 +146,16 @@ func restoreEdge(ctx context.Context, log *slog.Logger, url, id, name, password,
 		if err != nil {
 			return cliutil.Usagef("edge: --restore-from: %v", err)
 		}
-		o.Source = func(ctx context.Context) (io.ReadCloser, error) { return st.OpenState(ctx, id), nil }
+		o.Source = func(ctx context.Context) (io.ReadCloser, error) {
+			// An empty or wrong prefix must fail here, with a reason, and
+			// not look like a restore that found nothing to load.
+			if _, err := st.Current(ctx, id); errors.Is(err, s3store.ErrNotFound) {
+				return nil, fmt.Errorf("restore: no backup of edge %s in %s: check the bucket, the prefix and --s3-endpoint", id, st)
+			} else if err != nil {
+				return nil, fmt.Errorf("restore: %w", err)
+			}
+			return st.OpenState(ctx, id), nil
+		}
 	}
 	return edge.Restore(ctx, o)
 }
