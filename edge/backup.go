@@ -27,10 +27,17 @@ type BackupOptions struct {
 	RetainBytes   int64         // default 256 MiB
 	RetainAge     time.Duration // default 24h
 
-	MaxMessageBytes   int           // per published message; default 256 KiB
-	MaxMessageChanges int           // per changes message; default 2000
-	Window            int           // unconfirmed messages in flight; default 16
-	HelloInterval     time.Duration // default 1s
+	MaxMessageBytes   int // per published message; default 256 KiB
+	MaxMessageChanges int // per changes message; default 2000
+	// The window of unconfirmed messages in flight: at most Window
+	// messages and WindowBytes bytes. A master on S3 confirms once per
+	// flush (about a second), so the window must hold a second of
+	// changes at full ingest, however small each message is. Window
+	// stays well below the broker's per-client pending writes (1024):
+	// the stream is QoS 0 and mochi drops what does not fit.
+	Window        int           // default 256
+	WindowBytes   int64         // default 8 MiB
+	HelloInterval time.Duration // default 1s
 	// SessionTimeout ends a session whose master stopped confirming.
 	SessionTimeout time.Duration // default 30s
 }
@@ -52,7 +59,10 @@ func (o *BackupOptions) setDefaults() {
 		o.MaxMessageChanges = 2000
 	}
 	if o.Window <= 0 {
-		o.Window = 16
+		o.Window = 256
+	}
+	if o.WindowBytes <= 0 {
+		o.WindowBytes = 8 << 20
 	}
 	if o.HelloInterval <= 0 {
 		o.HelloInterval = time.Second
@@ -98,14 +108,16 @@ type inbound struct {
 type session struct {
 	next        uint64 // next change seq to send
 	outstanding []sentMsg
+	outBytes    int64 // payload bytes of outstanding
 	snap        *snapSender
 	lastAck     time.Time
 }
 
 type sentMsg struct {
-	to   uint64 // changes message: last seq in it
-	snap string // snapshot part: transfer id
-	part int
+	to    uint64 // changes message: last seq in it
+	snap  string // snapshot part: transfer id
+	part  int
+	bytes int64
 }
 
 func newBackup(id string, store *Store, log *slog.Logger, opts BackupOptions, reg prometheus.Registerer,
@@ -266,6 +278,7 @@ func (b *backup) handle(in inbound) {
 			if !covered {
 				break
 			}
+			s.outBytes -= o.bytes
 		}
 		if i > 0 {
 			s.outstanding = s.outstanding[i:]
@@ -333,7 +346,7 @@ func (b *backup) endSession() {
 // pump publishes while the window has room.
 func (b *backup) pump() error {
 	s := b.sess
-	for s != nil && len(s.outstanding) < b.opts.Window {
+	for s != nil && len(s.outstanding) < b.opts.Window && s.outBytes < b.opts.WindowBytes {
 		if s.snap != nil {
 			part, err := s.snap.next()
 			if err != nil {
@@ -347,7 +360,8 @@ func (b *backup) pump() error {
 			if err := b.publish(iotkv.BackupTopic(b.id, iotkv.BackupKindSnapshot), payload); err != nil {
 				return err
 			}
-			s.outstanding = append(s.outstanding, sentMsg{snap: part.Snap, part: part.Part})
+			s.outstanding = append(s.outstanding, sentMsg{snap: part.Snap, part: part.Part, bytes: int64(len(payload))})
+			s.outBytes += int64(len(payload))
 			if part.Last {
 				b.log.Info("backup snapshot sent", "seq", part.Seq, "parts", part.Part+1, "entries", s.snap.entries)
 				s.next = part.Seq + 1
@@ -375,7 +389,8 @@ func (b *backup) pump() error {
 			return err
 		}
 		b.m.published.Add(float64(to - s.next + 1))
-		s.outstanding = append(s.outstanding, sentMsg{to: to})
+		s.outstanding = append(s.outstanding, sentMsg{to: to, bytes: int64(len(payload))})
+		s.outBytes += int64(len(payload))
 		s.next = to + 1
 	}
 	return nil
