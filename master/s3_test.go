@@ -3,13 +3,18 @@ package master
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/iotkv/iotkv"
@@ -65,7 +70,7 @@ func TestS3MasterUnderLoadRestoresWithNoMasterRunning(t *testing.T) {
 	want := r.edgeState(e1, "d1", "d2")
 	waitFor(t, 10*time.Second, "the master to store and confirm everything", func() bool {
 		s := m.Status()[0]
-		return s.Seq > 0 && s.Seq == s.EdgeSeq && s.Pending == 0
+		return s.Seq > 0 && s.Seq == e1.ChangeSeq() && s.Pending == 0
 	})
 	t.Logf("150 batches stored and confirmed %v after the first write", time.Since(start).Round(time.Millisecond))
 	puts := counter(st.Metrics().Requests("put_segment", "ok"))
@@ -105,7 +110,7 @@ func TestS3OutageStopsConfirmationsAndCatchesUpAfter(t *testing.T) {
 	r.publishBatches(e1, 1, 20, 2, "a")
 	waitFor(t, 10*time.Second, "everything confirmed", func() bool {
 		s := m.Status()[0]
-		return s.Seq > 0 && s.Seq == s.EdgeSeq && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(s.Seq)
+		return s.Seq > 0 && s.Seq == e1.ChangeSeq() && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(s.Seq)
 	})
 	ready := func() int {
 		resp, err := http.Get("https://" + m.HTTPAddr() + "/readyz")
@@ -141,7 +146,7 @@ func TestS3OutageStopsConfirmationsAndCatchesUpAfter(t *testing.T) {
 	want := r.edgeState(e1, "d1")
 	waitFor(t, 20*time.Second, "catch-up after the outage", func() bool {
 		s := m.Status()[0]
-		return m.Ready() == nil && s.Seq == s.EdgeSeq && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(s.Seq)
+		return m.Ready() == nil && s.Seq == e1.ChangeSeq() && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(s.Seq)
 	})
 	got, _, _ := restoreFromS3(t, st, "e1")
 	if !equalState(got, want) {
@@ -161,7 +166,7 @@ func TestTwoS3MastersTakeOverWhenTheLeaseHolderDies(t *testing.T) {
 	r.publishBatches(e1, 1, 30, 3, "a")
 	waitFor(t, 10*time.Second, "both masters at the edge's seq", func() bool {
 		a, b := mA.Status()[0], mB.Status()[0]
-		return a.Seq > 0 && a.Seq == a.EdgeSeq && b.Seq == a.Seq
+		return a.Seq > 0 && a.Seq == e1.ChangeSeq() && b.Seq == a.Seq
 	})
 	if l := mB.Status()[0].Leader; l == nil || *l {
 		t.Fatal("master B holds the lease while A is alive")
@@ -179,7 +184,7 @@ func TestTwoS3MastersTakeOverWhenTheLeaseHolderDies(t *testing.T) {
 	want := r.edgeState(e1, "d1")
 	waitFor(t, 10*time.Second, "B to store and confirm everything", func() bool {
 		b := mB.Status()[0]
-		return b.Seq == b.EdgeSeq && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(b.Seq)
+		return b.Seq == e1.ChangeSeq() && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(b.Seq)
 	})
 	if bPuts != 0 {
 		t.Logf("B wrote %v segments while A was alive (grace fills)", bPuts)
@@ -230,4 +235,139 @@ func failures(st *s3store.Store) float64 {
 		n += counter(st.Metrics().Requests(k, "error"))
 	}
 	return n
+}
+
+// TestS3RestoresFromZstdAndLegacySnapshotsAndRefusesACorruptOne: a master
+// of an older kind writes plain .json snapshots; this one compacts them
+// into .json.zst; the restore (the master's GET and the edge's own, with no
+// master) reads a .json.zst plus the segments after it; a corrupt object
+// fails both loudly.
+func TestS3RestoresFromZstdAndLegacySnapshotsAndRefusesACorruptOne(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	ctx := context.Background()
+	r := newRig(t)
+	e1 := r.startEdge("e1", "", "", nil)
+	plain, err := s3store.Open(s3store.Options{URL: s3.URL("zst"), Endpoint: s3.Endpoint, Creds: s3.Creds(),
+		RequestTimeout: 2 * time.Second, Compression: s3store.CompressNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := openStore(t, s3, "zst") // the default: zstd
+	snapshotted := func(m *Master) func() bool {
+		return func() bool {
+			s := m.Status()[0]
+			return s.Seq > 0 && s.Seq == e1.ChangeSeq() && s.Pending == 0 && s.SnapshotSeq == s.Seq
+		}
+	}
+	manifest := func() s3store.Manifest {
+		t.Helper()
+		mf, err := st.Current(ctx, "e1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mf
+	}
+
+	m1 := r.startS3Master([]*edge.Edge{e1}, plain, "old", nil)
+	r.publishBatches(e1, 1, 30, 5, "a")
+	waitFor(t, 20*time.Second, "a plain snapshot of everything", snapshotted(m1))
+	if mf := manifest(); !strings.HasSuffix(mf.Snapshot, ".json") {
+		t.Fatalf("--s3-compress none: manifest names %q", mf.Snapshot)
+	}
+	if err := m1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m2 := r.startS3Master([]*edge.Edge{e1}, st, "new", nil)
+	r.publishBatches(e1, 31, 30, 5, "b")
+	waitFor(t, 20*time.Second, "a zstd snapshot on top of the plain one", snapshotted(m2))
+	if mf := manifest(); !strings.HasSuffix(mf.Snapshot, ".json.zst") {
+		t.Fatalf("after compaction by the default master: manifest names %q", mf.Snapshot)
+	}
+	if err := m2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A master that does not compact leaves what comes next in segments.
+	m3 := r.startS3Master([]*edge.Edge{e1}, st, "new", func(o *Options) { o.SnapshotInterval = time.Hour })
+	r.publishBatches(e1, 61, 20, 5, "c")
+	r.restPut(e1, "d2", "x", `{"via":"rest"}`)
+	want := r.edgeState(e1, "d1", "d2")
+	waitFor(t, 20*time.Second, "the changes after the snapshot stored", func() bool {
+		s := m3.Status()[0]
+		return s.Seq > 0 && s.Seq == e1.ChangeSeq() && s.Pending == 0
+	})
+	mf := manifest()
+	if mf.SnapSeq >= m3.Status()[0].Seq {
+		t.Fatalf("snapshot at %d, chain ends at %d: want segments after the snapshot", mf.SnapSeq, m3.Status()[0].Seq)
+	}
+
+	get := func() (int, []byte) {
+		t.Helper()
+		resp, err := r.pki.HTTPClient(t, "admin").Do(authGet(t, "https://"+m3.HTTPAddr()+"/v1/backups/e1", "admin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body
+	}
+	restoreTo := func(dir string) error {
+		return edge.Restore(ctx, edge.RestoreOptions{ID: "e1", DataDir: dir,
+			Source: func(ctx context.Context) (io.ReadCloser, error) { return st.OpenState(ctx, "e1"), nil }})
+	}
+	code, body := get()
+	if code != http.StatusOK {
+		t.Fatalf("GET /v1/backups/e1: %d %s", code, body)
+	}
+	if _, got, _ := readDoc(t, bytes.NewReader(body)); !equalState(got, want) {
+		t.Fatalf("the master's restore from .json.zst plus segments differs: %s", firstDiff(got, want))
+	}
+	restored := filepath.Join(t.TempDir(), "e1r")
+	if err := restoreTo(restored); err != nil {
+		t.Fatal(err)
+	}
+
+	// Flip one byte of the snapshot object.
+	c, err := minio.New(strings.TrimPrefix(s3.Endpoint, "http://"), &minio.Options{Creds: s3.Creds(), BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "zst/edges/e1/" + mf.Incarnation + "/" + mf.Snapshot
+	obj, err := c.GetObject(ctx, s3.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := io.ReadAll(obj)
+	obj.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(good)
+	bad[len(bad)/2] ^= 0xff
+	if _, err := c.PutObject(ctx, s3.Bucket, key, bytes.NewReader(bad), int64(len(bad)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(); code != http.StatusServiceUnavailable || !strings.Contains(string(body), "corrupt snapshot object") {
+		t.Fatalf("GET over a corrupt snapshot: %d %s; want 503 naming the corrupt object", code, body)
+	}
+	failed := filepath.Join(t.TempDir(), "e1f")
+	if err := restoreTo(failed); !errors.Is(err, s3store.ErrCorrupt) {
+		t.Fatalf("edge restore over a corrupt snapshot: %v, want ErrCorrupt", err)
+	}
+	if _, err := os.Stat(failed); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a failed restore left %s: %v", failed, err)
+	}
+
+	if err := m3.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e1b := r.startEdge("e1", restored, "", nil)
+	if got := r.edgeState(e1b, "d1", "d2"); !equalState(got, want) {
+		t.Fatalf("the edge restored with no master differs: %s", firstDiff(got, want))
+	}
 }
