@@ -177,7 +177,7 @@ func (s *Store) readSegment(ctx context.Context, edge, inc string, first uint64,
 	defer cancel()
 	rc, _, err := s.open(ctx, "segment", key)
 	if err != nil {
-		return err
+		return fmt.Errorf("segment %d: %w", first, err)
 	}
 	defer rc.Close()
 	r := bufio.NewReaderSize(rc, 256<<10)
@@ -234,7 +234,7 @@ func (s *Store) ReadChain(ctx context.Context, edge, inc string, after uint64, f
 			// Probably wholly before the start: ask its metadata first.
 			last, _, err := s.SegmentLast(ctx, edge, inc, first)
 			if err != nil {
-				return cur, err
+				return cur, fmt.Errorf("segment %d: %w", first, err)
 			}
 			if last <= cur {
 				continue
@@ -314,7 +314,40 @@ func (s *Store) WriteState(ctx context.Context, w io.Writer, edge, inc string) (
 	if err != nil {
 		return iotkv.BackupHeader{}, err
 	}
-	return s.writeStateAt(ctx, w, m, nil)
+	return s.writeState(ctx, w, m)
+}
+
+// writeState is writeStateAt from manifest m, started again from the
+// manifest's new snapshot when compaction trimmed what m named while we
+// were reading it (a segment or snapshot gone, or a gap where one was).
+// Nothing is written before the chain and snapshot are found, so a
+// restart never repeats output.
+func (s *Store) writeState(ctx context.Context, w io.Writer, m Manifest) (iotkv.BackupHeader, error) {
+	cw := &countingWriter{w: w}
+	for attempt := 1; ; attempt++ {
+		h, err := s.writeStateAt(ctx, cw, m, nil)
+		if !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrGap)) || cw.n > 0 || attempt == 3 {
+			return h, err
+		}
+		next, _, merr := s.ReadManifest(ctx, m.Edge, m.Incarnation)
+		if merr != nil || next.SnapSeq == m.SnapSeq {
+			return h, err
+		}
+		s.log.Info("s3store: the manifest moved on while reading the backup; starting again from its snapshot",
+			"edge", m.Edge, "from", m.SnapSeq, "to", next.SnapSeq, "err", err)
+		m = next
+	}
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // writeStateAt merges the snapshot manifest m names (none when its SnapSeq

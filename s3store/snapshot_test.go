@@ -360,3 +360,34 @@ func TestASnapshotThatWouldNotReadBackIsStoredPlain(t *testing.T) {
 		})
 	}
 }
+
+func TestARestoreOverlappingCompactionsStartsAgainFromTheNewSnapshot(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	ctx := context.Background()
+	st := testStore(t, s3, "moved", "")
+	c := newTestChain(t, "inc1")
+	c.segment(st, 10)
+	c.segment(st, 10)
+	c.compact(st)
+	c.segment(st, 10)
+	// A restore reads this manifest; two compactions happen before it
+	// gets to the objects: the second trims the segments and snapshot
+	// it names.
+	stale, _, err := st.ReadManifest(ctx, "e1", "inc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.compact(st)
+	c.segment(st, 10)
+	c.compact(st)
+	var buf bytes.Buffer
+	if _, err := st.writeStateAt(ctx, &buf, stale, nil); !errors.Is(err, ErrGap) && !errors.Is(err, ErrNotFound) {
+		t.Fatalf("reading a trimmed manifest's objects: %v, want a gap or not found", err)
+	}
+	buf.Reset()
+	h, err := st.writeState(ctx, &buf, stale)
+	if err != nil || h.Seq != c.next-1 {
+		t.Fatalf("restore from a manifest compaction moved on: seq %d, %v; want %d", h.Seq, err, c.next-1)
+	}
+	c.restore(st)
+}
