@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -390,4 +391,58 @@ func TestARestoreOverlappingCompactionsStartsAgainFromTheNewSnapshot(t *testing.
 		t.Fatalf("restore from a manifest compaction moved on: seq %d, %v; want %d", h.Seq, err, c.next-1)
 	}
 	c.restore(st)
+}
+
+// TestSnapshotOf10000KeysCompresses measures what --s3-compress saves: the
+// same 10,000 keys (10 devices, sensor-like JSON readings with varying
+// numbers, each key written once) compacted by a plain and a zstd store.
+// The README quotes its log line.
+func TestSnapshotOf10000KeysCompresses(t *testing.T) {
+	s3 := testenv.StartS3(t)
+	ctx := context.Background()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var segs [][]byte
+	var b bytes.Buffer
+	for seq := uint64(1); seq <= 10000; seq++ {
+		dev := fmt.Sprintf("dev-%02d", seq%10)
+		ts := int64(1764000000000 + seq*250)
+		ch := iotkv.Change{Seq: seq, Device: dev, Key: fmt.Sprintf("site/floor-%d/room-%03d/sensor-%d", seq%7, seq/10%100, seq/1000),
+			Op: iotkv.OpPut, TS: &ts, UpdatedAt: ts, DeviceSeq: seq/10 + 1,
+			Value: json.RawMessage(fmt.Sprintf(`{"temp":%.2f,"hum":%.1f,"co2":%d,"battery":%d,"ok":%t}`,
+				18+rnd.Float64()*8, 30+rnd.Float64()*40, 400+rnd.IntN(800), rnd.IntN(101), rnd.IntN(20) > 0))}
+		line, _ := json.Marshal(ch)
+		b.Write(append(line, '\n'))
+		if seq%1000 == 0 {
+			segs = append(segs, bytes.Clone(b.Bytes()))
+			b.Reset()
+		}
+	}
+	size := map[string]int64{}
+	for _, compress := range []string{CompressNone, CompressZstd} {
+		st := testStore(t, s3, "size-"+compress, compress)
+		for i, seg := range segs {
+			first := uint64(i*1000 + 1)
+			if _, _, err := st.PutSegment(ctx, "e1", "inc1", first, first+999, seg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.Compact(ctx, "e1", "inc1"); err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := st.ReadManifest(ctx, "e1", "inc1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.stat(ctx, "snapshot", st.incDir("e1", "inc1")+m.Snapshot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size[compress] = info.Size
+	}
+	ratio := float64(size[CompressNone]) / float64(size[CompressZstd])
+	t.Logf("snapshot of 10,000 keys: .json %d bytes, .json.zst %d bytes: %.1f× smaller (%.0f%% of the plain size)",
+		size[CompressNone], size[CompressZstd], ratio, 100/ratio)
+	if ratio < 3 {
+		t.Fatalf("zstd saves only %.1f×", ratio)
+	}
 }
