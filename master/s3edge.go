@@ -70,6 +70,7 @@ type s3Edge struct {
 	lastProg   time.Time
 	lastProbe  time.Time
 	lastLease  time.Time
+	leaseEvery time.Duration // until the next lease tick; 0 at first
 	lastSnap   time.Time
 	lastFail   time.Time // last request that did not reach S3
 }
@@ -220,13 +221,22 @@ func (se *s3Edge) periodic() {
 		se.maybeRequest()
 		return
 	}
-	if se.lease != nil && now.Sub(se.lastLease) >= se.opts.LeaseTTL/3 {
+	if se.lease != nil && now.Sub(se.lastLease) >= se.leaseEvery {
 		se.lastLease = now
 		ctx, cancel := se.ctx()
 		held, err := se.lease.Tick(ctx)
 		cancel()
-		if err != nil {
+		// A follower watches (a GET) every TTL/3; the holder renews (a
+		// billed PUT) every TTL/2, and retries every TTL/10 after a
+		// failure until it steps down at TTL.
+		switch {
+		case err != nil:
 			se.s3result(err)
+			se.leaseEvery = se.opts.LeaseTTL / 10
+		case held:
+			se.leaseEvery = se.opts.LeaseTTL / 2
+		default:
+			se.leaseEvery = se.opts.LeaseTTL / 3
 		}
 		se.mu.Lock()
 		changed := held != se.leader

@@ -16,7 +16,8 @@ type leaseDoc struct {
 }
 
 // Lease decides which master of several compacts one edge incarnation.
-// The holder renews lease.json with If-Match every TTL/3. Another master
+// The holder renews lease.json with If-Match (every TTL/2 in the master,
+// sooner after a failed renewal). Another master
 // takes it over only after it has seen the same ETag for TTL+Margin on its
 // own monotonic clock: no wall clocks are compared. The holder counts
 // itself leader only until TTL after the start of its last successful
@@ -49,7 +50,8 @@ func (s *Store) NewLease(edge, inc, name string, ttl, margin time.Duration) *Lea
 func (l *Lease) Held() bool { return l.etag != "" && l.now().Before(l.validUntil) }
 
 // Tick renews a held lease or watches and takes over an expired one; call
-// it every TTL/3. It returns whether we hold the lease, and the error of
+// it well within TTL (the master: TTL/2 when held, TTL/3 when watching).
+// It returns whether we hold the lease, and the error of
 // S3 if it could not be reached.
 func (l *Lease) Tick(ctx context.Context) (bool, error) {
 	start := l.now()
