@@ -30,7 +30,7 @@ func edgeCmd(args []string) error {
 	connectTimeout := fs.Duration("connect-timeout", 10*time.Second, "time allowed for the TLS handshake and CONNECT")
 	maxClients := fs.Int64("max-clients", 10000, "most MQTT clients at once")
 	maxKeepalive := fs.Uint("max-keepalive", 300, "longest MQTT keepalive in seconds")
-	restoreFrom := fs.String("restore-from", "", "restore an empty data dir from this master URL first")
+	restoreFrom := fs.String("restore-from", "", "restore an empty data dir first, from a master (https://host:port) or a store (s3://BUCKET/PREFIX)")
 	name := fs.String("name", "", "account name for --restore-from (default: the edge id)")
 	pwFile := fs.String("password-file", "", "password for --restore-from (first line; IOTKV_PASSWORD as fallback)")
 	force := fs.Bool("force", false, "with --restore-from: replace a data dir that is not empty")
