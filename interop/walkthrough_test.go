@@ -23,20 +23,31 @@ import (
 // "Running it for real", in order, with continuation lines joined.
 func walkthroughCommands(t *testing.T) []string {
 	t.Helper()
+	return readmeCommands(t, "## Running it for real", "## Topics and REST")
+}
+
+// readmeCommands returns the commands of the ```sh blocks of README.md
+// from the line starting with from to the next line starting with to, in
+// order, with continuation lines joined.
+func readmeCommands(t *testing.T, from, to string) []string {
+	t.Helper()
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := string(readme)
-	start := strings.Index(text, "## Running it for real")
-	end := strings.Index(text, "## Topics and REST")
-	if start < 0 || end < start {
-		t.Fatal("README.md has no section 'Running it for real' followed by 'Topics and REST'")
+	text := "\n" + string(readme)
+	start := strings.Index(text, "\n"+from)
+	if start < 0 {
+		t.Fatalf("README.md has no line starting with %q", from)
+	}
+	end := strings.Index(text[start+1:], "\n"+to)
+	if end < 0 {
+		t.Fatalf("README.md has no line starting with %q after %q", to, from)
 	}
 	var cmds []string
 	in := false
 	var cur strings.Builder
-	sc := bufio.NewScanner(strings.NewReader(text[start:end]))
+	sc := bufio.NewScanner(strings.NewReader(text[start : start+1+end]))
 	for sc.Scan() {
 		line := sc.Text()
 		switch {

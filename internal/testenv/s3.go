@@ -56,8 +56,9 @@ func VersityGW() string {
 	return ""
 }
 
-// StartS3 starts versitygw on a free loopback port and makes a bucket.
-func StartS3(t testing.TB) *S3 {
+// RequireVersityGW returns the versitygw binary; without it the test is
+// skipped, or fails under CI=true.
+func RequireVersityGW(t testing.TB) string {
 	t.Helper()
 	bin := VersityGW()
 	if bin == "" {
@@ -67,6 +68,13 @@ func StartS3(t testing.TB) *S3 {
 		}
 		t.Skip(msg)
 	}
+	return bin
+}
+
+// StartS3 starts versitygw on a free loopback port and makes a bucket.
+func StartS3(t testing.TB) *S3 {
+	t.Helper()
+	bin := RequireVersityGW(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
