@@ -183,6 +183,7 @@ func (b *backup) committed(c committed) {
 	}
 	b.last.Store(c.changes[len(c.changes)-1].Seq)
 	b.logBytes.Add(c.logBytes)
+	b.m.logChanges.Add(float64(len(c.changes)))
 	select {
 	case b.wake <- struct{}{}:
 	default:
@@ -522,7 +523,7 @@ func (b *backup) trim() {
 	}
 	b.logBytes.Store(bytes)
 	b.first = newFirst
-	b.m.logChanges.Set(float64(last + 1 - newFirst))
+	b.m.logChanges.Sub(float64(dropped)) // committed adds concurrently: never Set here
 	b.m.trimmed.Add(float64(dropped))
 }
 

@@ -349,8 +349,12 @@ func (se *s3Edge) changes(payload []byte) {
 		se.bufUpdated = changes[i].UpdatedAt
 	}
 	se.lastProg = time.Now()
+	end = se.end()
 	se.mu.Lock()
 	se.buffered = len(se.lines)
+	// The edge has at least what it sent; its next hello may be a second
+	// away, and lag must not read 0 while changes wait for their PUT.
+	se.edgeSeq = max(se.edgeSeq, end)
 	se.mu.Unlock()
 	if last := changes[len(changes)-1]; last.UpdatedAt > 0 {
 		se.m.lag.Observe(max(0, float64(time.Now().UnixMilli()-last.UpdatedAt)/1000))
