@@ -232,10 +232,21 @@ func (c *Client) Enqueue(ctx context.Context, o iotkv.Op) (wait func() error, er
 // acknowledged by the edge (or rejected: then the error wraps ErrRejected).
 // On ctx's end it returns an error naming how many ops are still queued.
 func (c *Client) Flush(ctx context.Context) error {
-	w := &flushWaiter{done: make(chan struct{})}
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return c.flushErr(err)
+	}
 	c.q.mu.Lock()
-	w.target, w.rejected = c.q.nextOpID-1, c.q.counters.rejected
+	target, rejected, idle := c.q.nextOpID-1, c.q.counters.rejected, c.q.liveOps == 0
 	c.q.mu.Unlock()
+	if idle {
+		// Nothing is queued: every op queued before the call has left
+		// the queue already, and none of them was rejected after the call.
+		return nil
+	}
+	w := &flushWaiter{target: target, rejected: rejected, done: make(chan struct{})}
 	select {
 	case c.flushReq <- w:
 	case <-ctx.Done():

@@ -151,6 +151,9 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 
 // flushAll waits up to timeout for every queued op to be acknowledged.
 func flushAll(ctx context.Context, c *device.Client, timeout time.Duration) error {
+	if c.Stats().QueuedOps == 0 {
+		return c.Flush(ctx) // returns at once: no timer to arm
+	}
 	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := c.Flush(fctx); err != nil {

@@ -22,7 +22,7 @@ import (
 // acknowledged within flushTimeout.
 func shell(ctx context.Context, c *device.Client, flushTimeout time.Duration, in io.Reader, out io.Writer, log *slog.Logger) error {
 	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 4<<10), 1<<20) // grows for long lines
 	next := func() (string, bool) {
 		if !sc.Scan() {
 			return "", false
