@@ -737,7 +737,7 @@ type Status struct {
 	Seq         uint64     `json:"seq"`
 	EdgeSeq     uint64     `json:"edge_seq"`
 	Lag         uint64     `json:"lag"`
-	Keys        int        `json:"keys"` // in latest.json
+	Keys        int        `json:"keys"` // in latest.json (with --store s3://: in the newest snapshot)
 	SnapshotSeq uint64     `json:"snapshot_seq"`
 	Pending     int        `json:"pending"` // keys changed since latest.json
 	LastContact *time.Time `json:"last_contact"`

@@ -75,6 +75,13 @@ func TestS3MasterUnderLoadRestoresWithNoMasterRunning(t *testing.T) {
 	t.Logf("150 batches stored and confirmed %v after the first write", time.Since(start).Round(time.Millisecond))
 	puts := counter(st.Metrics().Requests("put_segment", "ok"))
 	t.Logf("segment PUTs: %v", puts)
+	waitFor(t, 15*time.Second, "a snapshot at the end of the chain", func() bool {
+		s := m.Status()[0]
+		return s.SnapshotSeq == s.Seq
+	})
+	if k := m.Status()[0].Keys; k != len(want) {
+		t.Fatalf("/v1/backups keys = %d, want the %d keys of the snapshot", k, len(want))
+	}
 	if err := m.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -49,6 +49,7 @@ type s3Edge struct {
 	inc         string
 	stored      uint64 // last change seq stored in S3 (and confirmed)
 	snapSeq     uint64
+	snapKeys    int // keys in the snapshot at snapSeq
 	edgeSeq     uint64
 	connected   bool
 	leader      bool
@@ -83,8 +84,9 @@ type incomingS3 struct {
 }
 
 type compactResult struct {
-	seq uint64
-	err error
+	seq  uint64
+	keys int
+	err  error
 }
 
 type s3Metrics struct {
@@ -389,7 +391,7 @@ func (se *s3Edge) switchInc(inc string) bool {
 	se.s3result(nil)
 	se.lines, se.bufBytes = nil, 0
 	se.mu.Lock()
-	se.inc, se.stored, se.snapSeq, se.buffered = inc, end, m.SnapSeq, 0
+	se.inc, se.stored, se.snapSeq, se.snapKeys, se.buffered = inc, end, m.SnapSeq, m.Keys, 0
 	se.leader = false
 	se.mu.Unlock()
 	if se.lease != nil {
@@ -499,9 +501,9 @@ func (se *s3Edge) compact() {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		seq, err := se.st.Compact(ctx, se.id, inc)
+		seq, keys, err := se.st.Compact(ctx, se.id, inc)
 		se.m.snapshotSeconds.Observe(time.Since(start).Seconds())
-		se.compactC <- compactResult{seq: seq, err: err}
+		se.compactC <- compactResult{seq: seq, keys: keys, err: err}
 	}()
 }
 
@@ -514,7 +516,7 @@ func (se *s3Edge) finishCompact(r compactResult) {
 	}
 	se.mu.Lock()
 	if r.seq > se.snapSeq {
-		se.snapSeq = r.seq
+		se.snapSeq, se.snapKeys = r.seq, r.keys
 	}
 	se.mu.Unlock()
 	se.log.Debug("snapshot stored", "seq", r.seq)
@@ -653,7 +655,7 @@ func (se *s3Edge) snapshotPart(payload []byte) {
 	}
 	se.lines, se.bufBytes, se.bufFirst = nil, 0, in.seq+1
 	se.mu.Lock()
-	se.inc, se.stored, se.snapSeq, se.buffered = in.inc, in.seq, in.seq, 0
+	se.inc, se.stored, se.snapSeq, se.snapKeys, se.buffered = in.inc, in.seq, in.seq, in.w.Entries(), 0
 	se.mu.Unlock()
 	se.m.applied.WithLabelValues(se.id).Set(float64(in.seq))
 	se.log.Info("backup snapshot stored", "incarnation", in.inc, "seq", in.seq)
@@ -698,7 +700,7 @@ func (se *s3Edge) status() Status {
 	defer se.mu.Unlock()
 	leader := se.leader
 	s := Status{Edge: se.id, Addr: se.addr, Connected: se.connected, Incarnation: se.inc, Seq: se.stored,
-		EdgeSeq: se.edgeSeq, SnapshotSeq: se.snapSeq, Pending: se.buffered, Store: se.st.String(), Leader: &leader}
+		EdgeSeq: se.edgeSeq, Keys: se.snapKeys, SnapshotSeq: se.snapSeq, Pending: se.buffered, Store: se.st.String(), Leader: &leader}
 	if se.s3err != nil {
 		s.StoreError = se.s3err.Error()
 	}

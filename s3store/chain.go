@@ -25,7 +25,9 @@ type Manifest struct {
 	// Snapshot names the snapshot object relative to the incarnation:
 	// snap/{SnapSeq:020d}.json or .json.zst (zstd). Readers decode by this
 	// name; empty with SnapSeq > 0 means the .json.
-	Snapshot  string `json:"snapshot,omitempty"`
+	Snapshot string `json:"snapshot,omitempty"`
+	// Keys is the number of entries (live keys) in the snapshot.
+	Keys      int    `json:"keys"`
 	CreatedAt string `json:"created_at"`
 	UpdatedAt string `json:"updated_at"`
 	Writer    string `json:"writer"`
@@ -54,11 +56,11 @@ func (s *Store) ReadManifest(ctx context.Context, edge, inc string) (Manifest, s
 // writes (.json.zst or .json as it compresses). It retries lost races; a
 // manifest already at or past seq is success.
 func (s *Store) AdvanceManifest(ctx context.Context, edge, inc string, seq uint64) error {
-	return s.advanceManifest(ctx, edge, inc, seq, snapshotName(seq, s.snapExt()))
+	return s.advanceManifest(ctx, edge, inc, seq, snapshotName(seq, s.snapExt()), 0)
 }
 
 // advanceManifest moves the manifest to snapshot seq stored as name.
-func (s *Store) advanceManifest(ctx context.Context, edge, inc string, seq uint64, name string) error {
+func (s *Store) advanceManifest(ctx context.Context, edge, inc string, seq uint64, name string, keys int) error {
 	for attempt := 0; attempt < 5; attempt++ {
 		m, etag, err := s.ReadManifest(ctx, edge, inc)
 		switch {
@@ -71,7 +73,7 @@ func (s *Store) advanceManifest(ctx context.Context, edge, inc string, seq uint6
 		if etag != "*" && m.SnapSeq >= seq && (seq == 0 || m.Snapshot != "") {
 			return nil
 		}
-		m.SnapSeq, m.UpdatedAt, m.Writer, m.Rev = seq, now(), s.nonce, m.Rev+1
+		m.SnapSeq, m.UpdatedAt, m.Writer, m.Rev, m.Keys = seq, now(), s.nonce, m.Rev+1, keys
 		if seq > 0 {
 			m.Snapshot = name
 		}
@@ -325,7 +327,7 @@ func (s *Store) WriteState(ctx context.Context, w io.Writer, edge, inc string) (
 func (s *Store) writeState(ctx context.Context, w io.Writer, m Manifest) (iotkv.BackupHeader, error) {
 	cw := &countingWriter{w: w}
 	for attempt := 1; ; attempt++ {
-		h, err := s.writeStateAt(ctx, cw, m, nil)
+		h, err := s.writeStateAt(ctx, cw, m, nil, nil)
 		if !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrGap)) || cw.n > 0 || attempt == 3 {
 			return h, err
 		}
@@ -353,7 +355,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // writeStateAt merges the snapshot manifest m names (none when its SnapSeq
 // is 0) with the chain after it. When end is given, it reports the last
 // seq of the chain there.
-func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *uint64) (iotkv.BackupHeader, error) {
+func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *uint64, keys *int) (iotkv.BackupHeader, error) {
 	edge, inc, snapSeq := m.Edge, m.Incarnation, m.SnapSeq
 	snapKey, err := s.snapshotKey(m)
 	if err != nil {
@@ -459,6 +461,9 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *
 			}
 		}
 	}
+	if keys != nil {
+		*keys = bw.Entries()
+	}
 	return hdr, bw.Close()
 }
 
@@ -466,35 +471,36 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *
 // moves the manifest to it, then deletes segments and snapshots the
 // previous manifest made unnecessary (one generation is kept so that a
 // restore already reading them finishes). It returns the new snapshot seq
-// (unchanged when there was nothing after it).
-func (s *Store) Compact(ctx context.Context, edge, inc string) (uint64, error) {
+// and its number of keys (unchanged when there was nothing after it).
+func (s *Store) Compact(ctx context.Context, edge, inc string) (uint64, int, error) {
 	m, _, err := s.ReadManifest(ctx, edge, inc)
 	if errors.Is(err, ErrNotFound) {
 		m = Manifest{Edge: edge, Incarnation: inc}
 	} else if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	sf, err := s.newSnapFile("iotkv-snap-*")
 	if err != nil {
-		return 0, fmt.Errorf("s3store: compact: %w", err)
+		return 0, 0, fmt.Errorf("s3store: compact: %w", err)
 	}
 	defer sf.remove()
 	var end uint64
-	if _, err := s.writeStateAt(ctx, sf, m, &end); err != nil {
-		return m.SnapSeq, err
+	var keys int
+	if _, err := s.writeStateAt(ctx, sf, m, &end, &keys); err != nil {
+		return m.SnapSeq, m.Keys, err
 	}
 	if end <= m.SnapSeq {
-		return m.SnapSeq, nil
+		return m.SnapSeq, m.Keys, nil
 	}
 	name, err := s.storeSnapshot(ctx, sf, edge, inc, end)
 	if err != nil {
-		return m.SnapSeq, fmt.Errorf("s3store: compact: %w", err)
+		return m.SnapSeq, m.Keys, fmt.Errorf("s3store: compact: %w", err)
 	}
-	if err := s.advanceManifest(ctx, edge, inc, end, name); err != nil {
-		return m.SnapSeq, err
+	if err := s.advanceManifest(ctx, edge, inc, end, name, keys); err != nil {
+		return m.SnapSeq, m.Keys, err
 	}
 	s.trim(ctx, edge, inc, m.SnapSeq)
-	return end, nil
+	return end, keys, nil
 }
 
 // trim deletes segments wholly at or below keep and snapshots older than
@@ -606,6 +612,14 @@ func (w *SnapshotWriter) Entry(e *iotkv.BackupEntry) error {
 	return w.bw.Entry(e)
 }
 
+// Entries is the number of entries written so far.
+func (w *SnapshotWriter) Entries() int {
+	if w.bw == nil {
+		return 0
+	}
+	return w.bw.Entries()
+}
+
 // Commit stores the snapshot and moves the manifest to it.
 func (w *SnapshotWriter) Commit(ctx context.Context) error {
 	defer w.Abort()
@@ -622,7 +636,7 @@ func (w *SnapshotWriter) Commit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("s3store: snapshot of %s/%s at %d: %w", w.edge, w.inc, w.seq, err)
 	}
-	return w.s.advanceManifest(ctx, w.edge, w.inc, w.seq, name)
+	return w.s.advanceManifest(ctx, w.edge, w.inc, w.seq, name, w.bw.Entries())
 }
 
 // Abort drops the temporary file; safe after Commit.

@@ -116,7 +116,7 @@ func TestAGapInTheChainFailsTheRestoreLoudly(t *testing.T) {
 	if _, _, err := st.PutSegment(ctx, "e1", "inc1", 10, 11, segment(10, 11, "y")); err != nil {
 		t.Fatal(err)
 	}
-	seq, err := st.Compact(ctx, "e1", "inc1")
+	seq, _, err := st.Compact(ctx, "e1", "inc1")
 	if err != nil || seq != 20 {
 		t.Fatalf("compact: %d %v", seq, err)
 	}

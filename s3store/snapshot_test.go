@@ -116,7 +116,7 @@ func (c *testChain) restore(st *Store) {
 
 func (c *testChain) compact(st *Store) Manifest {
 	c.t.Helper()
-	seq, err := st.Compact(context.Background(), c.edge, c.inc)
+	seq, _, err := st.Compact(context.Background(), c.edge, c.inc)
 	if err != nil || seq != c.next-1 {
 		c.t.Fatalf("compact: seq %d, err %v; want %d", seq, err, c.next-1)
 	}
@@ -281,7 +281,7 @@ func TestACorruptZstdSnapshotFailsTheRestoreLoudly(t *testing.T) {
 			if _, err := io.Copy(io.Discard, st.OpenState(ctx, "e1")); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("OpenState: %v, want ErrCorrupt", err)
 			}
-			if seq, err := st.Compact(ctx, "e1", "inc1"); !errors.Is(err, ErrCorrupt) || seq != m.SnapSeq {
+			if seq, _, err := st.Compact(ctx, "e1", "inc1"); !errors.Is(err, ErrCorrupt) || seq != m.SnapSeq {
 				t.Fatalf("compact over a corrupt snapshot: %d %v", seq, err)
 			}
 		})
@@ -382,7 +382,7 @@ func TestARestoreOverlappingCompactionsStartsAgainFromTheNewSnapshot(t *testing.
 	c.segment(st, 10)
 	c.compact(st)
 	var buf bytes.Buffer
-	if _, err := st.writeStateAt(ctx, &buf, stale, nil); !errors.Is(err, ErrGap) && !errors.Is(err, ErrNotFound) {
+	if _, err := st.writeStateAt(ctx, &buf, stale, nil, nil); !errors.Is(err, ErrGap) && !errors.Is(err, ErrNotFound) {
 		t.Fatalf("reading a trimmed manifest's objects: %v, want a gap or not found", err)
 	}
 	buf.Reset()
@@ -426,7 +426,7 @@ func TestSnapshotOf10000KeysCompresses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := st.Compact(ctx, "e1", "inc1"); err != nil {
+		if _, _, err := st.Compact(ctx, "e1", "inc1"); err != nil {
 			t.Fatal(err)
 		}
 		m, _, err := st.ReadManifest(ctx, "e1", "inc1")
