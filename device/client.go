@@ -133,7 +133,7 @@ type Client struct {
 	kick     chan struct{}     // ops were queued
 	flushReq chan *flushWaiter // to the run goroutine
 	evMu     sync.Mutex        // guards events
-	events   []event           // from the session's reader, in arrival order
+	events   []event           // from paho's goroutines, in arrival order
 	evSignal chan struct{}     // events is not empty
 
 	connected  atomic.Bool

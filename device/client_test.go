@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -323,35 +322,6 @@ func TestEdgeRestartLosesNothing(t *testing.T) {
 		t.Fatalf("the edges applied %v ops for %d distinct puts", applied, n)
 	}
 	t.Logf("%d puts, %d while the edge was down; %d reconnects", n, n-int(down), c.Stats().Reconnects)
-}
-
-// An idle device keeps its session with pings: the edge drops a client
-// that sends nothing for 1.5 × its keepalive. (Not shorter: mochi sets its
-// write deadline from the keepalive too, and under -race a cost-10 bcrypt
-// login takes seconds.)
-func TestIdleSessionStaysUp(t *testing.T) {
-	p := newPKI(t, "dev1", "dev2")
-	e := testenv.StartEdge(t, p, "edge1", nil)
-	c := openOn(t, p, e, "dev1", t.TempDir(), func(o *device.Options) { o.KeepAlive = 3 * time.Second })
-	waitConnected(t, c)
-	time.Sleep(6 * time.Second)
-	if s := c.Stats(); !s.Connected || s.Reconnects != 0 {
-		t.Fatalf("after 2 idle keepalives: %+v", s)
-	}
-	if err := c.Put(context.Background(), "k", json.RawMessage("1")); err != nil {
-		t.Fatal(err)
-	}
-	flush(t, c)
-	// A wrong password is refused at CONNACK and reported.
-	bad := openOn(t, p, e, "dev2", t.TempDir(), func(o *device.Options) { o.Password = "wrong" })
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(bad.Stats().LastError, "mqtt login: refused") {
-		if time.Now().After(deadline) {
-			t.Fatalf("wrong password: last error %q", bad.Stats().LastError)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Log(bad.Stats().LastError)
 }
 
 func waitConnected(t *testing.T, c *device.Client) {

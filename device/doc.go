@@ -9,9 +9,8 @@
 // Options.QueueDir; they never wait on the network. Concurrent callers
 // share one fsync (group commit). An op leaves the queue only when the edge
 // reports, on iotkv/v1/devices/{name}/status/ack, a seq at or above the
-// seq of the op's batch: an MQTT PUBACK proves nothing end to end (paho's
-// tokens, for one, complete across reconnects without delivery), so the
-// session does not even wait for PUBACKs. After every reconnect
+// seq of the op's batch: paho's token completing proves nothing (its tokens
+// can complete across reconnects without delivery). After every reconnect
 // every unacknowledged batch is published again; the edge applies a seq at
 // most once. A batch refused on status/error is removed and reported
 // (Options.OnReject, the log, Stats.Rejected). A batch's seq is durable
@@ -26,8 +25,7 @@
 // Seq resync: after connecting, a session subscribes to its status topics
 // and to a probe topic, publishes a nonce on the probe topic and waits for
 // it to come back. The edge sends the retained status/ack right after the
-// SUBACK and before it reads the probe, and the session runs our handler
-// in order,
+// SUBACK and before it reads the probe, and paho runs our handler in order,
 // so when the nonce is back the queue knows the edge's last seq (or that it
 // has none). A queue that has never learned it (a new queue dir) forms no
 // batch before that. When the edge is ahead of every seq the queue has
@@ -45,8 +43,8 @@
 // temp file, fsync'd and renamed, with the directory fsync'd. A flock on
 // LOCK keeps a second process out.
 //
-// Why not an embedded store: the device binary must stay small (see "Size"
-// below), Pebble is out of the
+// Why not an embedded store: the device binary must stay small (max RSS
+// near the ~6.5 MB floor of a Go mTLS MQTT client), Pebble is out of the
 // question there, and bbolt would add an mmap'd B+tree and two fsyncs per
 // transaction (data, then meta page) for what is a FIFO with a key index
 // for coalescing. The log needs one write and one fsync per group, keeps
@@ -59,24 +57,8 @@
 //
 // Open starts one goroutine, run, which owns the connection and the batch
 // state; it starts a dial goroutine per connection attempt and waits for
-// them before it returns. A session has two goroutines, its reader and
-// its pinger; the reader's callbacks only append to an event list
-// (Client.evMu) and signal run. Close cancels run, waits for it (run
-// disconnects the session and waits for its goroutines), then closes the
-// queue. Lock order: queue.fileMu before queue.mu; Client.evMu is never
-// held with another lock.
-//
-// # Size
-//
-// The slim iotkv-device binary's max RSS is what the device aims at (≤ 8
-// MB for the seed's shell workloads). On the kernels measured, the whole
-// executable ends up resident (file-backed pages mapped in large folios),
-// so every megabyte linked is a megabyte of RSS whether it runs or not.
-// That is why the package has its own MQTT 3.1.1 session (mqtt.go) and its
-// own HTTP/1.1 GET (reader.go, httpanswer.go) instead of paho.mqtt.golang
-// and net/http: paho links WebSockets, proxies and net/http, and together
-// they were 1.6 MB of a 7.4 MB binary. What the device needs of either
-// protocol is small: one TLS connection each, QoS 1 publishes whose
-// PUBACK does not matter, SUBSCRIBE, pings, and GETs with sized or
-// chunked answers.
+// them before it returns. paho's handlers only append to an event list
+// (Client.evMu) and signal run. Close cancels run, waits for it, then
+// closes the queue. Lock order: queue.fileMu before queue.mu; Client.evMu
+// is never held with another lock.
 package device

@@ -13,15 +13,17 @@ import (
 	"sync"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/iotkv/iotkv"
 )
 
 // The probe topic: a session publishes a nonce there after subscribing and
 // waits for it to come back. The edge writes a retained status/ack right
-// after the SUBACK, before it reads the probe, and the session hands
-// messages to our handler in order (one reader goroutine), so once the
-// probe is back the retained ack, if the edge has one, has been handled:
-// the queue knows the edge's seq before it forms any batch.
+// after the SUBACK, before it reads the probe, and paho hands messages to
+// our handler in order (SetOrderMatters(true)), so once the probe is back
+// the retained ack, if the edge has one, has been handled: the queue knows
+// the edge's seq before it forms any batch.
 const probeSuffix = "sync"
 
 type evKind int
@@ -42,12 +44,12 @@ type event struct {
 	code   string
 	msg    string
 	nonce  string
-	client *mqttSession
+	client paho.Client
 	err    error
 }
 
-// push hands an event to the run goroutine without blocking: the MQTT
-// session's callbacks call it from its reader goroutine.
+// push hands an event to the run goroutine without blocking: paho's
+// handlers call it from paho's goroutines.
 func (c *Client) push(e event) {
 	c.evMu.Lock()
 	c.events = append(c.events, e)
@@ -72,8 +74,8 @@ type runState struct {
 	dialing   bool
 	retryAt   time.Time
 	backoff   time.Duration
-	failures  int          // dials failed in a row
-	sess      *mqttSession // nil when not connected
+	failures  int         // dials failed in a row
+	sess      paho.Client // nil when not connected
 	sessGen   uint64
 	nonce     string
 	sessStart time.Time
@@ -170,18 +172,16 @@ func (c *Client) handle(s *runState, e event) {
 		c.log.Info("connected", "edge", c.opts.Edge, "acked_seq", st.AckedSeq, "next_seq", st.NextSeq, "queued_ops", st.QueuedOps)
 	case evUp:
 		if e.gen != s.gen || s.sess != nil {
-			e.client.disconnect(disconnectWait)
+			e.client.Disconnect(0)
 			return
 		}
 		s.dialing = false
 		nonce := make([]byte, 8)
 		_, _ = rand.Read(nonce)
 		s.sess, s.sessGen, s.nonce, s.sessStart, s.inSync = e.client, e.gen, hex.EncodeToString(nonce), time.Now(), false
-		s.sess.start() // its evLost can only come after this
 		// Published here, after the session is known, so that the echo
-		// cannot be handled before it. A failed write closes the session
-		// and comes back as evLost.
-		_ = s.sess.publish(iotkv.DeviceNamespace(c.opts.Name)+probeSuffix, []byte(s.nonce))
+		// cannot be handled before it.
+		s.sess.Publish(iotkv.DeviceNamespace(c.opts.Name)+probeSuffix, 1, false, s.nonce)
 	case evDialFailed:
 		if e.gen != s.gen {
 			return
@@ -225,7 +225,7 @@ func (c *Client) dropSession(s *runState) {
 	s.sess, s.inSync = nil, false
 	c.connected.Store(false)
 	c.reconnects.Add(1)
-	cl.disconnect(disconnectWait)
+	cl.Disconnect(0)
 	if time.Since(s.sessStart) >= c.opts.ReconnectMax {
 		s.backoff = c.opts.ReconnectMin // a session that lasted: reconnect promptly
 	}
@@ -307,9 +307,8 @@ func (c *Client) pump(s *runState) {
 }
 
 func (c *Client) publish(s *runState, b *batch) {
-	// The PUBACK is not waited for: only status/ack proves delivery. A
-	// failed write closes the session and comes back as evLost.
-	_ = s.sess.publish(iotkv.BatchTopic(c.opts.Name), b.payload())
+	// The token is not waited for: only status/ack proves delivery.
+	s.sess.Publish(iotkv.BatchTopic(c.opts.Name), 1, false, b.payload())
 	b.sentGen, b.sentAt = s.sessGen, time.Now()
 	c.published.Add(1)
 }
@@ -367,65 +366,92 @@ func (c *Client) nextWake(s *runState, now time.Time) time.Duration {
 func (c *Client) shutdown(s *runState) {
 	s.dials.Wait()
 	if s.sess != nil {
-		s.sess.disconnect(disconnectWait)
+		s.sess.Disconnect(100)
 	}
 	for _, e := range c.takeEvents() {
 		if e.kind == evUp && e.client != s.sess {
-			e.client.disconnect(disconnectWait)
+			e.client.Disconnect(0)
 		}
 	}
 	c.connected.Store(false)
 }
-
-// disconnectWait bounds the DISCONNECT write of a session that is
-// dropped: the run goroutine waits for it.
-const disconnectWait = 100 * time.Millisecond
 
 // dial connects and subscribes to the status topics and the probe. It
 // reports the outcome as an event.
 func (c *Client) dial(s *runState, gen uint64) {
 	defer s.dials.Done()
 	ns := iotkv.DeviceNamespace(c.opts.Name)
-	sess, err := dialMQTT(c.ctx, mqttOptions{
-		addr: c.opts.Edge, tls: c.tls, clientID: c.opts.ClientID, username: c.opts.Name, password: c.opts.Password,
-		keepAlive: c.opts.KeepAlive, timeout: c.opts.ConnectTimeout,
-		subscribe: []string{ns + iotkv.TopicAck, ns + iotkv.TopicError, ns + probeSuffix},
-		onMessage: func(topic string, payload []byte) { c.onMessage(gen, ns, topic, payload) },
-		onLost:    func(err error) { c.push(event{kind: evLost, gen: gen, err: err}) },
-	})
-	if err != nil {
-		if c.ctx.Err() != nil {
-			err = ErrClosed
-		}
-		c.push(event{kind: evDialFailed, gen: gen, err: fmt.Errorf("connect to %s: %w", c.opts.Edge, err)})
+	o := paho.NewClientOptions()
+	o.AddBroker("tls://" + c.opts.Edge)
+	o.SetClientID(c.opts.ClientID)
+	o.SetUsername(c.opts.Name)
+	o.SetPassword(c.opts.Password)
+	o.SetTLSConfig(c.tls)
+	o.SetProtocolVersion(4) // no silent fallback to 3.1: one login attempt per dial
+	o.SetCleanSession(true) // our queue, not paho's store, holds what is unsent
+	o.SetAutoReconnect(false)
+	o.SetConnectRetry(false)
+	o.SetConnectTimeout(c.opts.ConnectTimeout)
+	o.SetWriteTimeout(c.opts.ConnectTimeout)
+	o.SetKeepAlive(c.opts.KeepAlive)
+	o.SetPingTimeout(c.opts.ConnectTimeout)
+	o.SetOrderMatters(true) // our handler only queues an event: it never blocks
+	o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.onMessage(gen, ns, m) })
+	o.SetConnectionLostHandler(func(_ paho.Client, err error) { c.push(event{kind: evLost, gen: gen, err: err}) })
+	cl := paho.NewClient(o)
+	fail := func(step string, err error) {
+		cl.Disconnect(0)
+		c.push(event{kind: evDialFailed, gen: gen, err: fmt.Errorf("%s %s: %w", step, c.opts.Edge, err)})
+	}
+	if err := c.wait(cl.Connect()); err != nil {
+		fail("connect to", err)
 		return
 	}
-	c.push(event{kind: evUp, gen: gen, client: sess})
+	subs := map[string]byte{ns + iotkv.TopicAck: 1, ns + iotkv.TopicError: 1, ns + probeSuffix: 1}
+	if err := c.wait(cl.SubscribeMultiple(subs, nil)); err != nil {
+		fail("subscribe at", err)
+		return
+	}
+	c.push(event{kind: evUp, gen: gen, client: cl})
 }
 
-// onMessage runs in the session's reader goroutine: it parses and queues,
-// never blocks, and keeps nothing of payload.
-func (c *Client) onMessage(gen uint64, ns, topic string, payload []byte) {
-	sub, ok := strings.CutPrefix(topic, ns)
+// wait waits for a paho token, the connect timeout or Close.
+func (c *Client) wait(t paho.Token) error {
+	timer := time.NewTimer(c.opts.ConnectTimeout)
+	defer timer.Stop()
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-timer.C:
+		return errors.New("timed out")
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// onMessage runs in paho's router goroutine: it parses and queues, never
+// blocks.
+func (c *Client) onMessage(gen uint64, ns string, m paho.Message) {
+	sub, ok := strings.CutPrefix(m.Topic(), ns)
 	if !ok {
 		return
 	}
 	switch sub {
 	case iotkv.TopicAck:
 		var a iotkv.AckMessage
-		if err := json.Unmarshal(payload, &a); err != nil {
+		if err := json.Unmarshal(m.Payload(), &a); err != nil {
 			c.log.Warn("bad status/ack payload", "err", err)
 			return
 		}
 		c.push(event{kind: evAck, gen: gen, seq: a.Seq})
 	case iotkv.TopicError:
 		var e iotkv.ErrorMessage
-		if err := json.Unmarshal(payload, &e); err != nil {
+		if err := json.Unmarshal(m.Payload(), &e); err != nil {
 			c.log.Warn("bad status/error payload", "err", err)
 			return
 		}
 		c.push(event{kind: evError, gen: gen, seq: e.Seq, code: e.Code, msg: e.Message})
 	case probeSuffix:
-		c.push(event{kind: evProbe, gen: gen, nonce: string(payload)})
+		c.push(event{kind: evProbe, gen: gen, nonce: string(m.Payload())})
 	}
 }
