@@ -228,9 +228,11 @@ func (se *s3Edge) periodic() {
 		ctx, cancel := se.ctx()
 		held, err := se.lease.Tick(ctx)
 		cancel()
-		// A follower watches (a GET) every TTL/3; the holder renews (a
-		// billed PUT) every TTL/2, and retries every TTL/10 after a
-		// failure until it steps down at TTL.
+		// A follower watches (a GET) every TTL/3, and once more the moment
+		// the lease it watches may be taken over (TTL + margin need not be
+		// a multiple of TTL/3: at the default margin a dead holder's lease
+		// was taken TTL/6 late); the holder renews (a billed PUT) every TTL/2, and
+		// retries every TTL/10 after a failure until it steps down at TTL.
 		switch {
 		case err != nil:
 			se.s3result(err)
@@ -239,6 +241,9 @@ func (se *s3Edge) periodic() {
 			se.leaseEvery = se.opts.LeaseTTL / 2
 		default:
 			se.leaseEvery = se.opts.LeaseTTL / 3
+			if at, ok := se.lease.TakeoverAt(); ok {
+				se.leaseEvery = min(se.leaseEvery, max(0, at.Sub(se.lastLease)))
+			}
 		}
 		se.mu.Lock()
 		changed := held != se.leader

@@ -94,6 +94,18 @@ func (l *Lease) Tick(ctx context.Context) (bool, error) {
 	return l.take(ctx, start, info.ETag)
 }
 
+// TakeoverAt is when, on the local monotonic clock, a Tick may take over
+// the lease we watch: TTL+Margin after we first saw its current ETag. ok
+// is false while we hold the lease or have seen none. A watcher that ticks
+// at a fixed period should also tick then, or it takes over up to a period
+// late.
+func (l *Lease) TakeoverAt() (at time.Time, ok bool) {
+	if l.etag != "" || l.seen == "" {
+		return time.Time{}, false
+	}
+	return l.seenAt.Add(l.ttl + l.extra), true
+}
+
 func (l *Lease) take(ctx context.Context, start time.Time, cond string) (bool, error) {
 	doc := leaseDoc{Holder: l.name, Nonce: l.s.nonce, Rev: 1, TTLms: l.ttl.Milliseconds()}
 	etag, err := l.write(ctx, doc, cond)
