@@ -325,22 +325,14 @@ func TestLatestJSONEqualsEdgeStateWithTwoEdgesAndAMaster(t *testing.T) {
 	devices := map[string][]string{"e1": {"dev-a", "dev-b"}, "e2": {"dev-c", "dev-d"}}
 
 	p := testenv.NewPKI(t)
+	edgeCerts(t, p, edgeIDs...)
 	for _, id := range edgeIDs {
-		// An edge needs its certificate only: it logs in nowhere here, and
-		// every account costs a bcrypt hash, slow under -race.
-		if err := certs.Issue(p.Dir, certs.Request{Name: id, Role: certs.RoleEdge}); err != nil {
-			t.Fatal(err)
-		}
 		for _, d := range devices[id] {
 			p.Identity(t, d, iotkv.RoleDevice)
 		}
 	}
-	p.Identity(t, "master", iotkv.RoleMaster)
+	pwFile := masterIdentity(t, p, "master")
 	p.Identity(t, "admin", iotkv.RoleAdmin)
-	pwFile := filepath.Join(t.TempDir(), "master.pw")
-	if err := os.WriteFile(pwFile, []byte(testenv.Password("master")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	hc := p.HTTPClient(t, "admin")
 
 	root := t.TempDir()
@@ -502,4 +494,28 @@ func TestLatestJSONEqualsEdgeStateWithTwoEdgesAndAMaster(t *testing.T) {
 			t.Errorf("edge %s changed during the test: %s", id, d)
 		}
 	}
+}
+
+// edgeCerts issues an edge certificate for each id. The edges of these
+// tests log in nowhere, so the certificate is all they need (an account
+// costs a bcrypt hash, slow under -race).
+func edgeCerts(t *testing.T, p *testenv.PKI, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if err := certs.Issue(p.Dir, certs.Request{Name: id, Role: certs.RoleEdge}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// masterIdentity adds the master identity name to p and returns the path
+// of a file holding its password, for --password-file.
+func masterIdentity(t *testing.T, p *testenv.PKI, name string) string {
+	t.Helper()
+	p.Identity(t, name, iotkv.RoleMaster)
+	pw := filepath.Join(t.TempDir(), name+".pw")
+	if err := os.WriteFile(pw, []byte(testenv.Password(name)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return pw
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/iotkv/iotkv"
-	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/internal/testenv"
 )
 
@@ -226,11 +224,8 @@ func TestS3MasterTakesOverFromAKilledLeaseHolderUnderLoad(t *testing.T) {
 	p := testenv.NewPKI(t)
 	edgeIDs := []string{"e1", "e2"}
 	devices := map[string][]string{"e1": {"d1a", "d1b"}, "e2": {"d2a", "d2b"}}
+	edgeCerts(t, p, edgeIDs...)
 	for _, id := range edgeIDs {
-		// An edge logs in nowhere here: its certificate is enough.
-		if err := certs.Issue(p.Dir, certs.Request{Name: id, Role: certs.RoleEdge}); err != nil {
-			t.Fatal(err)
-		}
 		for _, d := range devices[id] {
 			p.Identity(t, d, iotkv.RoleDevice)
 		}
@@ -238,11 +233,7 @@ func TestS3MasterTakesOverFromAKilledLeaseHolderUnderLoad(t *testing.T) {
 	masterNames := []string{"a", "b"}
 	pwFiles := map[string]string{}
 	for _, name := range masterNames {
-		p.Identity(t, name, iotkv.RoleMaster)
-		pwFiles[name] = filepath.Join(t.TempDir(), name+".pw")
-		if err := os.WriteFile(pwFiles[name], []byte(testenv.Password(name)+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		pwFiles[name] = masterIdentity(t, p, name)
 	}
 	p.Identity(t, "admin", iotkv.RoleAdmin)
 	hc := p.HTTPClient(t, "admin")

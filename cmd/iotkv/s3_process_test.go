@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/iotkv/iotkv"
-	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/internal/testenv"
 	"github.com/iotkv/iotkv/s3store"
 )
@@ -164,20 +163,13 @@ func put(key, value string, ts *int64) iotkv.Op {
 func TestS3MasterBackupRestoresAKilledEdgeWithNoMasterRunning(t *testing.T) {
 	s3 := testenv.StartS3(t)
 	p := testenv.NewPKI(t)
-	// The edge logs in nowhere: its certificate is enough.
-	if err := certs.Issue(p.Dir, certs.Request{Name: "e1", Role: certs.RoleEdge}); err != nil {
-		t.Fatal(err)
-	}
+	edgeCerts(t, p, "e1")
 	devices := []string{"dev-a", "dev-b"}
 	for _, d := range devices {
 		p.Identity(t, d, iotkv.RoleDevice)
 	}
-	p.Identity(t, "master", iotkv.RoleMaster)
+	pwFile := masterIdentity(t, p, "master")
 	p.Identity(t, "admin", iotkv.RoleAdmin)
-	pwFile := filepath.Join(t.TempDir(), "master.pw")
-	if err := os.WriteFile(pwFile, []byte(testenv.Password("master")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	hc := p.HTTPClient(t, "admin")
 	store := s3.URL("fleet")
 
@@ -325,14 +317,8 @@ func runIotkv(t *testing.T, env []string, args ...string) (int, string) {
 // a master that was never ready.
 func TestABadS3URLIsAUsageErrorWithAOneLineReason(t *testing.T) {
 	p := testenv.NewPKI(t)
-	p.Identity(t, "master", iotkv.RoleMaster)
-	if err := certs.Issue(p.Dir, certs.Request{Name: "e1", Role: certs.RoleEdge}); err != nil {
-		t.Fatal(err)
-	}
-	pwFile := filepath.Join(t.TempDir(), "master.pw")
-	if err := os.WriteFile(pwFile, []byte(testenv.Password("master")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pwFile := masterIdentity(t, p, "master")
+	edgeCerts(t, p, "e1")
 	for _, tc := range []struct {
 		name, url, reason string
 		storeOnly         bool // --restore-from takes a master's https:// URL too
@@ -379,9 +365,7 @@ func TestABadS3URLIsAUsageErrorWithAOneLineReason(t *testing.T) {
 func TestRestoreFromS3WithNothingThereFailsAndStartsNoEdge(t *testing.T) {
 	s3 := testenv.StartS3(t)
 	p := testenv.NewPKI(t)
-	if err := certs.Issue(p.Dir, certs.Request{Name: "e1", Role: certs.RoleEdge}); err != nil {
-		t.Fatal(err)
-	}
+	edgeCerts(t, p, "e1")
 	// A chain with a hole: changes 1..2 and 5, as if a segment were lost.
 	st, err := s3store.Open(s3store.Options{URL: s3.URL("holey"), Endpoint: s3.Endpoint, Creds: s3.Creds()})
 	if err != nil {
