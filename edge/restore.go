@@ -36,6 +36,9 @@ type RestoreOptions struct {
 	Logger *slog.Logger
 	// ProgressEvery is the interval of progress lines; default 1s.
 	ProgressEvery time.Duration
+	// IdleTimeout fails a fetch from the master that receives nothing for
+	// that long (headers or body); default 1m.
+	IdleTimeout time.Duration
 	// Source, when set, opens the backup document instead of fetching it
 	// from URL (--restore-from s3://...: read from object storage).
 	Source func(ctx context.Context) (io.ReadCloser, error)
@@ -53,6 +56,9 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	}
 	if o.Name == "" {
 		o.Name = o.ID
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = time.Minute
 	}
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = time.Second
@@ -216,23 +222,64 @@ func fetchBackup(ctx context.Context, o RestoreOptions, log *slog.Logger) (io.Re
 		return nil, fmt.Errorf("restore: --restore-from %q: want https://host:port", o.URL)
 	}
 	u = u.JoinPath("v1", "backups", o.ID)
+	ctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	req.SetBasicAuth(o.Name, o.Password)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ResponseHeaderTimeout: time.Minute}}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ResponseHeaderTimeout: o.IdleTimeout}}
 	log.Info("restore: fetching backup", "url", u.String())
 	resp, err := client.Do(req)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("restore: fetch %s: %w", u, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		resp.Body.Close()
+		cancel()
 		return nil, fmt.Errorf("restore: %s answered %s: %s", u, resp.Status, strings.TrimSpace(string(body)))
 	}
-	return resp.Body, nil
+	return newIdleBody(resp.Body, o.IdleTimeout, cancel), nil
+}
+
+// idleBody fails the fetch when no byte arrives for idle: a master that
+// stalls in the middle of a backup would otherwise hold the restore (and
+// the edge's start) forever.
+type idleBody struct {
+	rc     io.ReadCloser
+	idle   time.Duration
+	timer  *time.Timer
+	cancel context.CancelFunc
+	fired  atomic.Bool
+}
+
+func newIdleBody(rc io.ReadCloser, idle time.Duration, cancel context.CancelFunc) *idleBody {
+	b := &idleBody{rc: rc, idle: idle, cancel: cancel}
+	b.timer = time.AfterFunc(idle, func() {
+		b.fired.Store(true)
+		cancel()
+	})
+	return b
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.idle)
+	}
+	if err != nil && b.fired.Load() {
+		err = fmt.Errorf("no data from the master for %v: %w", b.idle, err)
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.timer.Stop()
+	b.cancel()
+	return b.rc.Close()
 }
 
 func takenAtMillis(s string) int64 {
