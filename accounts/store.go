@@ -190,7 +190,14 @@ func (s *Store) Verify(ctx context.Context, name, password string) (Account, boo
 		// all the same, so abandoned checks do not pile up in a storm.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		return nil, s.compare(fctx, a.Hash, password)
+		if err := s.compare(fctx, a.Hash, password); err != nil {
+			return nil, err
+		}
+		// Cached here, not by the caller: a login that gave up waiting
+		// (its client timed out in a storm) still leaves the check's
+		// result for the client's next attempt.
+		s.remember(name, a.Hash, key)
+		return nil, nil
 	})
 	select {
 	case r := <-ch:
@@ -200,21 +207,27 @@ func (s *Store) Verify(ctx context.Context, name, password string) (Account, boo
 	case <-ctx.Done():
 		return Account{}, false, fmt.Errorf("verify password: %w", ctx.Err())
 	}
-	if s.opts.CacheSize > 0 {
-		s.mu.Lock()
-		if cur, ok := s.accounts[name]; ok && cur.Hash == a.Hash {
-			if len(s.cache) >= s.opts.CacheSize {
-				// Evict an arbitrary entry; map order is random enough.
-				for k := range s.cache {
-					delete(s.cache, k)
-					break
-				}
-			}
-			s.cache[key] = struct{}{}
-		}
-		s.mu.Unlock()
-	}
 	return a, false, nil
+}
+
+// remember caches a verified credential unless the account changed since.
+func (s *Store) remember(name, hash string, key [32]byte) {
+	if s.opts.CacheSize <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.accounts[name]; !ok || cur.Hash != hash {
+		return
+	}
+	if len(s.cache) >= s.opts.CacheSize {
+		// Evict an arbitrary entry; map order is random enough.
+		for k := range s.cache {
+			delete(s.cache, k)
+			break
+		}
+	}
+	s.cache[key] = struct{}{}
 }
 
 func (s *Store) compare(ctx context.Context, hash, password string) error {
