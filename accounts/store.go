@@ -186,9 +186,11 @@ func (s *Store) Verify(ctx context.Context, name, password string) (Account, boo
 	// Logins that arrive together with the same credentials (a device's
 	// connections, a client's parallel requests) share one bcrypt check.
 	ch := s.flight.DoChan(string(key[:]), func() (any, error) {
-		// Not the first caller's ctx: the others may wait longer. Bounded
-		// all the same, so abandoned checks do not pile up in a storm.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		// Not the first caller's ctx: the others may wait longer, and a
+		// check keeps its place in the queue while its client backs off
+		// and retries (its result is cached for the retry). Bounded all
+		// the same, so abandoned checks do not pile up for ever.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
 		if err := s.compare(fctx, a.Hash, password); err != nil {
 			return nil, err

@@ -218,9 +218,12 @@ func remoteHost(addr string) string {
 	return host
 }
 
-// authContext bounds a login's wait for a bcrypt worker.
+// authContext bounds a login's wait for a bcrypt worker: just under the
+// device library's 10 s connect timeout, so that a device in a storm gets
+// its CONNACK (or a refusal) rather than timing out, and every retry (a
+// TLS handshake on both sides) is one the storm really needed.
 func authContext() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 5*time.Second)
+	return context.WithTimeout(context.Background(), 8*time.Second)
 }
 
 // ConnectedUsers returns the usernames with a live connection.
