@@ -258,7 +258,11 @@ func (r *BackupReader) fail(err error) error {
 	if errors.Is(err, io.EOF) {
 		// Only Next's own io.EOF means a whole document: a cut one must
 		// never look complete (a restore would load half a backup).
-		err = io.ErrUnexpectedEOF
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		} else {
+			err = fmt.Errorf("%s (%w)", err, io.ErrUnexpectedEOF)
+		}
 	}
 	return fmt.Errorf("backup document: %w", err)
 }

@@ -271,7 +271,9 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		b.timer.Reset(b.idle)
 	}
 	if err != nil && b.fired.Load() {
-		err = fmt.Errorf("no data from the master for %v: %w", b.idle, err)
+		// Not wrapped: after the cancel the transport may answer io.EOF,
+		// and a stalled master must never read as the end of a document.
+		err = fmt.Errorf("no data from the master for %v (fetch cancelled: %v)", b.idle, err)
 	}
 	return n, err
 }
