@@ -66,8 +66,26 @@ func ParseDeviceTopic(topic string) (t DeviceTopic, ok bool) {
 
 // AckMessage is the retained payload on status/ack.
 type AckMessage struct {
+	// Seq is the device's last applied and durable seq.
 	Seq uint64 `json:"seq"`
+	// Refused lists the device's most recent refused batches (at most
+	// MaxRefusals, oldest first; a seq leaves the list when a batch under
+	// it is applied). A device that missed a status/error (its session
+	// dropped) learns here that a seq this ack covers was refused, not
+	// applied.
+	Refused []Refusal `json:"refused,omitempty"`
 }
+
+// Refusal is one refused batch in a status/ack.
+type Refusal struct {
+	Seq  uint64 `json:"seq"`
+	Code string `json:"code"`
+}
+
+// MaxRefusals is how many refused batches a status/ack repeats. A device
+// keeps at most this many batches in flight, so every refusal it has not
+// yet seen is still listed in the newest status/ack.
+const MaxRefusals = 32
 
 // ErrorMessage is the payload on status/error.
 type ErrorMessage struct {

@@ -41,7 +41,7 @@ type Options struct {
 	MaxBatchOps   int           // default Limits.MaxOps
 	MaxBatchBytes int           // payload bytes; default 256 KiB
 	Linger        time.Duration // how long ops wait for company while batches are in flight; default 5ms
-	Window        int           // batches in flight; default 8
+	Window        int           // batches in flight; default 8, at most iotkv.MaxRefusals
 	// AckTimeout: batches published this long ago with no status/ack
 	// covering them are published again (status/ack is QoS 0 and can be
 	// lost); also the time allowed for the connect-time seq sync. Default 10s.
@@ -100,6 +100,11 @@ func (o *Options) validate() error {
 	}
 	if o.Window <= 0 {
 		o.Window = 8
+	}
+	if o.Window > iotkv.MaxRefusals {
+		// A status/ack lists the last MaxRefusals refused batches; with
+		// more in flight a refusal could scroll out of it unseen.
+		return fmt.Errorf("device: window %d is above the limit of %d batches in flight", o.Window, iotkv.MaxRefusals)
 	}
 	def(&o.Linger, 5*time.Millisecond)
 	def(&o.AckTimeout, 10*time.Second)

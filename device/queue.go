@@ -472,8 +472,8 @@ func (q *queue) ack(seq uint64) (ackedOps int, renumbered bool) {
 func (q *queue) reject(seq uint64) *batch {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.check() != nil {
-		return nil
+	if q.check() != nil || !q.synced {
+		return nil // batches form only once synced: nothing was refused
 	}
 	b := q.applyReject(seq)
 	if b != nil {

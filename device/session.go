@@ -38,14 +38,16 @@ const (
 )
 
 type event struct {
-	kind   evKind
-	gen    uint64 // the session (dial) the event belongs to
-	seq    uint64
-	code   string
-	msg    string
-	nonce  string
-	client paho.Client
-	err    error
+	kind evKind
+	gen  uint64 // the session (dial) the event belongs to
+	seq  uint64
+	code string
+	msg  string
+	// refused: on evAck, the refused batches the status/ack lists.
+	refused []iotkv.Refusal
+	nonce   string
+	client  paho.Client
+	err     error
 }
 
 // push hands an event to the run goroutine without blocking: paho's
@@ -117,6 +119,14 @@ func (c *Client) run() {
 func (c *Client) handle(s *runState, e event) {
 	switch e.kind {
 	case evAck:
+		// Refusals first: the ack's seq covers them, and they must not
+		// count as applied (their status/error can be lost with a
+		// session).
+		for _, r := range e.refused {
+			if r.Seq <= e.seq {
+				c.rejected(r.Seq, r.Code, "refused (from status/ack: "+r.Code+")")
+			}
+		}
 		acked, renumbered := c.q.ack(e.seq)
 		if acked > 0 {
 			s.backoff = c.opts.ReconnectMin // the edge is taking writes
@@ -139,22 +149,8 @@ func (c *Client) handle(s *runState, e event) {
 			c.log.Debug("acknowledged", "seq", e.seq, "ops", acked)
 		}
 	case evError:
-		b := c.q.reject(e.seq)
-		if b == nil {
+		if !c.rejected(e.seq, e.code, e.msg) {
 			c.log.Warn("the edge refused a write that is not in the queue", "seq", e.seq, "code", e.code)
-			return
-		}
-		c.log.Error("the edge rejected a batch; its ops are dropped", "seq", e.seq, "ops", len(b.ops), "code", e.code)
-		if c.opts.OnReject != nil {
-			r := Rejection{Seq: e.seq, Code: e.code, Message: e.msg}
-			for _, o := range b.ops {
-				kind := iotkv.OpPut
-				if o.del {
-					kind = iotkv.OpDel
-				}
-				r.Ops = append(r.Ops, iotkv.Op{Op: kind, Key: o.key, Value: o.value, TS: o.ts})
-			}
-			c.opts.OnReject(r)
 		}
 	case evProbe:
 		if s.sess == nil || e.gen != s.sessGen || e.nonce != s.nonce || s.inSync {
@@ -203,6 +199,28 @@ func (c *Client) handle(s *runState, e event) {
 		c.log.Warn("connection to the edge lost; reconnecting", "err", e.err)
 		c.dropSession(s)
 	}
+}
+
+// rejected drops batch seq, which the edge refused, from the queue and
+// reports it; false when the queue does not hold it (already handled).
+func (c *Client) rejected(seq uint64, code, msg string) bool {
+	b := c.q.reject(seq)
+	if b == nil {
+		return false
+	}
+	c.log.Error("the edge rejected a batch; its ops are dropped", "seq", seq, "ops", len(b.ops), "code", code)
+	if c.opts.OnReject != nil {
+		r := Rejection{Seq: seq, Code: code, Message: msg}
+		for _, o := range b.ops {
+			kind := iotkv.OpPut
+			if o.del {
+				kind = iotkv.OpDel
+			}
+			r.Ops = append(r.Ops, iotkv.Op{Op: kind, Key: o.key, Value: o.value, TS: o.ts})
+		}
+		c.opts.OnReject(r)
+	}
+	return true
 }
 
 func (c *Client) setErr(err error) {
@@ -443,7 +461,7 @@ func (c *Client) onMessage(gen uint64, ns string, m paho.Message) {
 			c.log.Warn("bad status/ack payload", "err", err)
 			return
 		}
-		c.push(event{kind: evAck, gen: gen, seq: a.Seq})
+		c.push(event{kind: evAck, gen: gen, seq: a.Seq, refused: a.Refused})
 	case iotkv.TopicError:
 		var e iotkv.ErrorMessage
 		if err := json.Unmarshal(m.Payload(), &e); err != nil {

@@ -40,8 +40,8 @@ type commitResult struct {
 // committed is what one group commit made durable, for the observers.
 type committed struct {
 	changes  []Change
-	acks     map[string]uint64 // device -> last applied seq, for status/ack
-	logBytes int64             // bytes the changes take in the change log
+	acks     map[string]iotkv.AckMessage // device -> its status/ack
+	logBytes int64                       // bytes the changes take in the change log
 }
 
 // committer is the single goroutine that owns the write path: it takes the
@@ -64,8 +64,8 @@ type committer struct {
 	done   chan struct{}
 
 	// Owned by the loop goroutine.
-	lastSeq map[string]uint64
-	cseq    uint64
+	devs map[string]devState
+	cseq uint64
 
 	failed atomic.Bool // set by the first failed commit; see loop
 }
@@ -80,7 +80,7 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onC
 		reqs:     make(chan *writeReq, 4096),
 		syncq:    make(chan *group, 8),
 		done:     make(chan struct{}),
-		lastSeq:  make(map[string]uint64),
+		devs:     make(map[string]devState),
 	}
 	var err error
 	if c.metrics, err = newCommitMetrics(reg); err != nil {
@@ -91,7 +91,7 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onC
 		return nil, err
 	}
 	for _, d := range devs {
-		c.lastSeq[d.Device] = d.LastSeq
+		c.devs[d.Device] = devState{seq: d.LastSeq, lastWrite: d.LastWrite, refused: d.Refused}
 	}
 	if c.cseq, err = store.lastChangeSeq(); err != nil {
 		return nil, err
@@ -132,7 +132,7 @@ type group struct {
 	batch    *pebble.Batch // nil when the group failed before reaching Pebble
 	err      error         // set: every write of the group fails
 	results  []commitResult
-	pending  map[string]uint64
+	pending  map[string]devState // the devices this group touches
 	changes  []Change
 	logBytes int64
 	nops     int
@@ -176,7 +176,7 @@ func (c *committer) loop() {
 }
 
 func (c *committer) apply(reqs []*writeReq) *group {
-	g := &group{reqs: reqs, start: c.now(), results: make([]commitResult, len(reqs)), pending: map[string]uint64{}}
+	g := &group{reqs: reqs, start: c.now(), results: make([]commitResult, len(reqs)), pending: map[string]devState{}}
 	if c.failed.Load() {
 		g.err = errFailed
 		return g
@@ -186,16 +186,27 @@ func (c *committer) apply(reqs []*writeReq) *group {
 	cseq := c.cseq
 	var buf []byte
 	for i, r := range reqs {
-		last := max(c.lastSeq[r.device], g.pending[r.device])
+		st, touched := g.pending[r.device]
+		if !touched {
+			st = c.devs[r.device]
+		}
+		last := st.seq
 		if r.refused != nil {
 			g.results[i].err = r.refused
+			if r.seq > last {
+				// Every later status/ack lists it: a device that missed
+				// the status/error must not count the batch as applied
+				// when a later ack covers its seq. The seq is not used
+				// up: a corrected batch may be sent under it.
+				st.refused = withRefusal(st.refused, r.seq, iotkv.CodeOf(r.refused))
+				g.pending[r.device] = st
+				_ = batch.Set(deviceKey(r.device), st.meta(), nil)
+			}
 			continue
 		}
 		if r.seq > 0 && r.seq <= last {
 			g.results[i].duplicate = true
-			if _, ok := g.pending[r.device]; !ok {
-				g.pending[r.device] = last // re-announce the ack
-			}
+			g.pending[r.device] = st // re-announce the ack
 			continue
 		}
 		recs := make([]iotkv.Record, len(r.ops))
@@ -221,13 +232,13 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			g.changes = append(g.changes, ch)
 		}
 		g.results[i].records = recs
-		seq := r.seq
-		if seq == 0 {
-			seq = last
+		if r.seq > 0 {
+			st.seq = r.seq
+			st.refused = withRefusal(st.refused, r.seq, "") // applied now, under a refused seq
 		}
-		g.pending[r.device] = seq
-		meta, _ := json.Marshal(deviceMeta{LastSeq: seq, LastWrite: nowMs})
-		_ = batch.Set(deviceKey(r.device), meta, nil)
+		st.lastWrite = nowMs
+		g.pending[r.device] = st
+		_ = batch.Set(deviceKey(r.device), st.meta(), nil)
 	}
 	_ = batch.Set(keyChangeSeq, binary.BigEndian.AppendUint64(nil, cseq), nil)
 	// ApplyNoSyncWait is marked experimental in Pebble; it is what
@@ -242,9 +253,44 @@ func (c *committer) apply(reqs []*writeReq) *group {
 	g.batch = batch
 	c.cseq = cseq
 	for d, s := range g.pending {
-		c.lastSeq[d] = s
+		c.devs[d] = s
 	}
 	return g
+}
+
+// devState is what the committer knows of one device: its last applied
+// seq, its last write, and its recent refusals.
+type devState struct {
+	seq       uint64
+	lastWrite int64
+	refused   []iotkv.Refusal // never modified in place: acks share it
+}
+
+func (s devState) meta() []byte {
+	b, _ := json.Marshal(deviceMeta{LastSeq: s.seq, LastWrite: s.lastWrite, Refused: s.refused})
+	return b
+}
+
+// withRefusal returns a new list: old without seq, then {seq, code} unless
+// code is empty, keeping the last MaxRefusals. old is never modified (acks
+// share it); without a change old itself is returned.
+func withRefusal(old []iotkv.Refusal, seq uint64, code string) []iotkv.Refusal {
+	out := make([]iotkv.Refusal, 0, len(old)+1)
+	for _, r := range old {
+		if r.Seq != seq {
+			out = append(out, r)
+		}
+	}
+	if code == "" && len(out) == len(old) {
+		return old
+	}
+	if code != "" {
+		out = append(out, iotkv.Refusal{Seq: seq, Code: code})
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out[max(0, len(out)-iotkv.MaxRefusals):]
 }
 
 // maxGroupOps bounds the ops of one group commit.
@@ -287,7 +333,11 @@ func (c *committer) syncLoop() {
 			r.done(g.results[i])
 		}
 		if c.onCommit != nil {
-			c.onCommit(committed{changes: g.changes, acks: g.pending, logBytes: g.logBytes})
+			acks := make(map[string]iotkv.AckMessage, len(g.pending))
+			for d, st := range g.pending {
+				acks[d] = iotkv.AckMessage{Seq: st.seq, Refused: st.refused}
+			}
+			c.onCommit(committed{changes: g.changes, acks: acks, logBytes: g.logBytes})
 		}
 	}
 }

@@ -257,9 +257,9 @@ func (e *Edge) connectedDevices() map[string]bool {
 
 // committed runs in the committer's goroutine after each durable group.
 func (e *Edge) committed(c committed) {
-	for dev, seq := range c.acks {
-		if seq > 0 { // 0: only REST writes so far; the device has nothing to learn
-			e.publishAck(dev, seq)
+	for dev, ack := range c.acks {
+		if ack.Seq > 0 || len(ack.Refused) > 0 { // else only REST writes so far: nothing to learn
+			e.publishAck(dev, ack)
 		}
 	}
 	if e.backup != nil {
@@ -271,8 +271,8 @@ func (e *Edge) committed(c committed) {
 // stream (request, confirm).
 const backupSubID = 9100
 
-func (e *Edge) publishAck(device string, seq uint64) {
-	payload, _ := json.Marshal(iotkv.AckMessage{Seq: seq})
+func (e *Edge) publishAck(device string, ack iotkv.AckMessage) {
+	payload, _ := json.Marshal(ack)
 	if err := e.broker.PublishRetained(iotkv.AckTopic(device), payload); err != nil {
 		e.log.Warn("status/ack not published", "device", device, "err", err)
 	}
@@ -286,8 +286,8 @@ func (e *Edge) republishAcks() error {
 		return err
 	}
 	for _, d := range devs {
-		if d.LastSeq > 0 {
-			e.publishAck(d.Device, d.LastSeq)
+		if d.LastSeq > 0 || len(d.Refused) > 0 {
+			e.publishAck(d.Device, iotkv.AckMessage{Seq: d.LastSeq, Refused: d.Refused})
 		}
 	}
 	return nil

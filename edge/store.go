@@ -75,8 +75,9 @@ func (s storedRecord) record(device, key string) iotkv.Record {
 }
 
 type deviceMeta struct {
-	LastSeq   uint64 `json:"last_seq"`
-	LastWrite int64  `json:"last_write"` // ms
+	LastSeq   uint64          `json:"last_seq"`
+	LastWrite int64           `json:"last_write"` // ms
+	Refused   []iotkv.Refusal `json:"refused,omitempty"`
 }
 
 // Change is one entry of the change log: the backup stream's unit. The
@@ -209,6 +210,7 @@ type DeviceInfo struct {
 	Device    string
 	LastSeq   uint64
 	LastWrite int64
+	Refused   []iotkv.Refusal // the most recent refused batches, oldest first
 }
 
 // Devices lists every device that has written.
@@ -219,7 +221,7 @@ func (s *Store) Devices() ([]DeviceInfo, error) {
 		if err := json.Unmarshal(v, &m); err != nil {
 			return fmt.Errorf("decode device %q: %w", k, err)
 		}
-		out = append(out, DeviceInfo{Device: string(k[len(prefixDevice):]), LastSeq: m.LastSeq, LastWrite: m.LastWrite})
+		out = append(out, DeviceInfo{Device: string(k[len(prefixDevice):]), LastSeq: m.LastSeq, LastWrite: m.LastWrite, Refused: m.Refused})
 		return nil
 	})
 	return out, err

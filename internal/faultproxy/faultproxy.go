@@ -22,6 +22,7 @@ const (
 	Pass      Mode = iota // forward everything
 	Stall                 // hold traffic (connections stay open, nothing moves)
 	Blackhole             // read and discard everything, forward nothing
+	StallDown             // hold server→client traffic only; client→server flows
 )
 
 // Proxy forwards connections from its listener to Target.
@@ -131,13 +132,13 @@ func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		for n > 0 && Mode(p.mode.Load()) == Stall {
+		for n > 0 && p.holds(count) {
 			time.Sleep(10 * time.Millisecond)
 			if p.isClosed() {
 				return
 			}
 		}
-		if n > 0 && Mode(p.mode.Load()) == Pass {
+		if m := Mode(p.mode.Load()); n > 0 && (m == Pass || m == StallDown) {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -150,6 +151,12 @@ func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 			return
 		}
 	}
+}
+
+// holds reports whether the direction counted by count is stalled.
+func (p *Proxy) holds(count *atomic.Int64) bool {
+	m := Mode(p.mode.Load())
+	return m == Stall || (m == StallDown && count == &p.down)
 }
 
 func (p *Proxy) isClosed() bool {
