@@ -273,9 +273,13 @@ func (s *Store) get(ctx context.Context, kind, key string) ([]byte, minio.Object
 	var info minio.ObjectInfo
 	var data []byte
 	if err == nil {
-		info, err = obj.Stat()
+		// Read first: the info then comes from the same GET. Stat first
+		// sends its own request, and minio-go reads the body with
+		// If-Match its ETag, which fails (412) when a master replaced
+		// the object (the manifest, the lease) in between.
+		data, err = io.ReadAll(obj)
 		if err == nil {
-			data, err = io.ReadAll(obj)
+			info, err = obj.Stat()
 		}
 		obj.Close()
 	}
