@@ -33,7 +33,7 @@ func TestTheAckListsRecentRefusalsAcrossARestart(t *testing.T) {
 	for seq := uint64(1); seq <= n; seq++ {
 		rigPublish3(t, c, topic, put(seq, "big", `"a value longer than sixteen bytes"`))
 	}
-	last := n - iotkv.MaxRefusals + 1 // the oldest refusal still listed
+	last := n - iotkv.MaxRefusals + 1              // the oldest refusal still listed
 	rigPublish3(t, c, topic, put(n, "fixed", `1`)) // corrected, under the refused seq
 	rigPublish3(t, c, topic, put(n+1, "ok", `1`))
 	rigPublish3(t, c, topic, put(last, "again", `1`)) // below n+1: a duplicate
