@@ -58,9 +58,12 @@ type Options struct {
 	// Backup bounds the change log and shapes the backup stream.
 	Backup BackupOptions
 
-	StoreFS  vfs.FS // tests inject disk faults; default the OS
-	Logger   *slog.Logger
-	Registry *prometheus.Registry // default a new one with Go and process collectors
+	StoreFS vfs.FS // tests inject disk faults; default the OS
+	// MemTableSize is the store's memtable size in bytes; default
+	// DefaultMemTableSize (32 MiB).
+	MemTableSize uint64
+	Logger       *slog.Logger
+	Registry     *prometheus.Registry // default a new one with Go and process collectors
 }
 
 func (o *Options) validate() error {
@@ -151,7 +154,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log})
+	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize})
 	if err != nil {
 		return nil, err
 	}

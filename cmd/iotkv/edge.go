@@ -30,6 +30,7 @@ func edgeCmd(args []string) error {
 	connectTimeout := fs.Duration("connect-timeout", 10*time.Second, "time allowed for the TLS handshake and CONNECT")
 	maxClients := fs.Int64("max-clients", 10000, "most MQTT clients at once")
 	maxKeepalive := fs.Uint("max-keepalive", 300, "longest MQTT keepalive in seconds")
+	memtable := fs.Uint64("memtable-mib", edge.DefaultMemTableSize>>20, "store memtable size in MiB (Pebble keeps up to two)")
 	restoreFrom := fs.String("restore-from", "", "restore an empty data dir first, from a master (https://host:port) or a store (s3://BUCKET/PREFIX)")
 	name := fs.String("name", "", "account name for --restore-from (default: the edge id)")
 	pwFile := fs.String("password-file", "", "password for --restore-from (first line; IOTKV_PASSWORD as fallback)")
@@ -82,8 +83,9 @@ func edgeCmd(args []string) error {
 		MQTTAddr: *mqttAddr, HTTPAddr: *httpAddr, RestClientCert: *restCert,
 		MaxPacketSize: uint32(*maxPacket), ConnectTimeout: *connectTimeout,
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
-		Backup: edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
-		Logger: log,
+		MemTableSize: *memtable << 20,
+		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
+		Logger:       log,
 	}.WithLimits(*maxKey, *maxValue, *maxOps))
 	if err != nil {
 		return err
