@@ -64,6 +64,11 @@ func FuzzDecodeBatch(f *testing.F) {
 			t.Fatalf("accepted seq %d with %d ops", b.Seq, len(b.Ops))
 		}
 		for i, op := range b.Ops {
+			// DecodeBatch checks values more cheaply than ValidateOp;
+			// what it accepts must pass the full check.
+			if err := fuzzLimits.ValidateOp(op); err != nil {
+				t.Fatalf("op %d accepted in a batch, refused alone: %v", i, err)
+			}
 			checkAcceptedKey(t, op.Key)
 			switch op.Op {
 			case iotkv.OpPut:

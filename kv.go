@@ -188,8 +188,17 @@ func (l Limits) DecodeBatch(payload []byte) (Batch, error) {
 	if len(b.Ops) > l.MaxOps {
 		return refused, Errorf(CodeTooLarge, "batch has %d ops, the limit is %d", len(b.Ops), l.MaxOps)
 	}
+	// A value decoded from the batch is one valid JSON value of valid
+	// UTF-8, and the batch's depth bound is the values' (the batch is 3
+	// levels around each): only its size is left to check.
+	sized := func(v []byte) error {
+		if len(v) > l.MaxValueBytes {
+			return Errorf(CodeTooLarge, "value is %d bytes, the limit is %d", len(v), l.MaxValueBytes)
+		}
+		return nil
+	}
 	for i, op := range b.Ops {
-		if err := l.ValidateOp(op); err != nil {
+		if err := l.validateOp(op, sized); err != nil {
 			return refused, fmt.Errorf("op %d: %w", i, err)
 		}
 	}
@@ -197,7 +206,9 @@ func (l Limits) DecodeBatch(payload []byte) (Batch, error) {
 }
 
 // ValidateOp checks one op.
-func (l Limits) ValidateOp(op Op) error {
+func (l Limits) ValidateOp(op Op) error { return l.validateOp(op, l.ValidateValue) }
+
+func (l Limits) validateOp(op Op, validateValue func([]byte) error) error {
 	if err := l.ValidateKey(op.Key); err != nil {
 		return err
 	}
@@ -206,7 +217,7 @@ func (l Limits) ValidateOp(op Op) error {
 		if op.Value == nil {
 			return Errorf(CodeInvalidBatch, "put of %q has no value", op.Key)
 		}
-		return l.ValidateValue(op.Value)
+		return validateValue(op.Value)
 	case OpDel:
 		if op.Value != nil {
 			return Errorf(CodeInvalidBatch, "del of %q must not carry a value", op.Key)
