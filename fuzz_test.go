@@ -13,6 +13,37 @@ import (
 	"github.com/iotkv/iotkv"
 )
 
+// stdDecodeBatch decodes as encoding/json does, with DecodeBatch's rules
+// for unknown fields and trailing data.
+func stdDecodeBatch(payload []byte) (iotkv.Batch, error) {
+	var b iotkv.Batch
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return b, err
+	}
+	// Not dec.More: it reports false before a stray ']' or '}' (the old
+	// DecodeBatch accepted `{...}]` that way).
+	if len(bytes.TrimSpace(payload[dec.InputOffset():])) > 0 {
+		return b, errors.New("trailing data")
+	}
+	return b, nil
+}
+
+func sameBatch(a, b iotkv.Batch) bool {
+	if a.Seq != b.Seq || len(a.Ops) != len(b.Ops) {
+		return false
+	}
+	for i := range a.Ops {
+		x, y := a.Ops[i], b.Ops[i]
+		if x.Op != y.Op || x.Key != y.Key || !bytes.Equal(x.Value, y.Value) || (x.Value == nil) != (y.Value == nil) ||
+			(x.TS == nil) != (y.TS == nil) || (x.TS != nil && *x.TS != *y.TS) {
+			return false
+		}
+	}
+	return true
+}
+
 // Small limits make the fuzzer reach every limit quickly.
 var fuzzLimits = iotkv.Limits{MaxKeyBytes: 16, MaxValueBytes: 64, MaxOps: 4, MaxBatchBytes: 512, MaxDepth: 4}
 
@@ -44,6 +75,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		b, err := fuzzLimits.DecodeBatch(payload)
+		std, stdErr := stdDecodeBatch(payload)
 		if err != nil {
 			var ie *iotkv.Error
 			if !errors.As(err, &ie) || ie.Code == iotkv.CodeInternal {
@@ -52,7 +84,18 @@ func FuzzDecodeBatch(f *testing.F) {
 			if len(b.Ops) != 0 {
 				t.Fatalf("a refused batch returned %d ops", len(b.Ops))
 			}
+			// The decoder (not a limit) refused it: encoding/json must too.
+			if ie.Code == iotkv.CodeInvalidJSON && strings.HasPrefix(ie.Message, "batch: ") && stdErr == nil {
+				t.Fatalf("refused as JSON (%v), encoding/json decodes it: %+v", err, std)
+			}
 			return
+		}
+		// The fast decoder must read exactly what encoding/json reads.
+		if stdErr != nil {
+			t.Fatalf("accepted, encoding/json refuses it: %v", stdErr)
+		}
+		if !sameBatch(b, std) {
+			t.Fatalf("decoders differ:\n fast %+v\n std  %+v", b, std)
 		}
 		if !utf8.Valid(payload) {
 			t.Fatalf("accepted a batch that is not valid UTF-8: %q", payload)
