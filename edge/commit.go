@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -273,16 +274,17 @@ func (s devState) meta() []byte {
 
 // withRefusal returns a new list: old without seq, then {seq, code} unless
 // code is empty, keeping the last MaxRefusals. old is never modified (acks
-// share it); without a change old itself is returned.
+// share it); when nothing changes (the usual applied batch) it is returned
+// as is, without allocating.
 func withRefusal(old []iotkv.Refusal, seq uint64, code string) []iotkv.Refusal {
+	if code == "" && !slices.ContainsFunc(old, func(r iotkv.Refusal) bool { return r.Seq == seq }) {
+		return old
+	}
 	out := make([]iotkv.Refusal, 0, len(old)+1)
 	for _, r := range old {
 		if r.Seq != seq {
 			out = append(out, r)
 		}
-	}
-	if code == "" && len(out) == len(old) {
-		return old
 	}
 	if code != "" {
 		out = append(out, iotkv.Refusal{Seq: seq, Code: code})
