@@ -50,7 +50,11 @@ type Options struct {
 	Password string      // required: the account's password on the edges
 	TLSFiles certs.Paths // required: CA, the master's certificate and key
 	Accounts string      // required: accounts file for the REST API
-	Edges    []Edge      // required
+	Edges    []Edge      // edges the master dials (--edges)
+	// ListenEdges is the address of the mTLS MQTT listener edges dial out
+	// to (--listen-edges); "" for none. Edges, ListenEdges or a store
+	// holding backups must give the master something to follow.
+	ListenEdges string
 
 	HTTPAddr         string        // default ":9443"
 	RestClientCert   string        // none, optional (default) or require
@@ -109,8 +113,8 @@ func (o *Options) validate() error {
 	if o.TLSFiles.CA == "" || o.TLSFiles.Cert == "" || o.TLSFiles.Key == "" {
 		return errors.New("master: CA, certificate and key are required")
 	}
-	if len(o.Edges) == 0 {
-		return errors.New("master: at least one edge is required")
+	if len(o.Edges) == 0 && o.ListenEdges == "" {
+		return errors.New("master: edges to dial or an address to listen for edges on is required")
 	}
 	seen := map[string]bool{}
 	for _, e := range o.Edges {
@@ -148,8 +152,13 @@ func (o *Options) validate() error {
 type Master struct {
 	opts     Options
 	log      *slog.Logger
-	edges    map[string]*edgeBackup // with DataDir
-	follow   map[string]follower    // every edge, whatever the storage
+	met      *metrics
+	sm       *s3Metrics
+	follow   map[string]*follower // every edge, whatever the storage
+	clients  []paho.Client        // dial-in connections, one per --edges entry
+	link     *edgeLink            // edges that dial out; nil without ListenEdges
+	mu       sync.RWMutex         // guards follow, order and closed
+	closed   bool
 	order    []string
 	accounts *accounts.Store
 	http     *rest.Server
@@ -167,7 +176,7 @@ func Open(opts Options) (_ *Master, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), edges: map[string]*edgeBackup{}, follow: map[string]follower{}}
+	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), follow: map[string]*follower{}}
 	defer func() {
 		if err != nil {
 			_ = m.Close(context.Background())
@@ -192,28 +201,51 @@ func Open(opts Options) (_ *Master, err error) {
 			return nil, err
 		}
 	}
-	for _, e := range opts.Edges {
-		if opts.Store != nil {
-			m.follow[e.ID] = newS3Edge(e.ID, e.Addr, &m.opts, met, sm)
-		} else {
-			eb, err := newEdgeBackup(e.ID, e.Addr, &m.opts, met)
-			if err != nil {
-				return nil, err
-			}
-			m.edges[e.ID] = eb
-			m.follow[e.ID] = eb
-		}
-		m.order = append(m.order, e.ID)
-	}
-	for _, id := range m.order {
-		f := m.follow[id]
-		f.setClient(m.newClient(f, clientTLS.Clone()))
-		go f.run()
-		f.mqtt().Connect() // with ConnectRetry it keeps trying in the background
-	}
+	m.met, m.sm = met, sm
 	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, Logger: m.log})
 	if err != nil {
 		return nil, err
+	}
+	m.mu.Lock()
+	for _, e := range opts.Edges {
+		f, err := m.newFollower(e.ID, e.Addr)
+		if err != nil {
+			m.mu.Unlock()
+			return nil, err
+		}
+		c := m.newClient(f, e.Addr, clientTLS.Clone())
+		f.publish = func(topic string, payload []byte) {
+			if c.IsConnectionOpen() {
+				c.Publish(topic, 1, false, payload)
+			}
+		}
+		m.clients = append(m.clients, c)
+		m.follow[e.ID] = f
+	}
+	m.mu.Unlock()
+	if opts.ListenEdges != "" {
+		if err := m.openEdgeLink(); err != nil {
+			return nil, err
+		}
+	}
+	// Dial-in edges first, in the order given, then every other edge the
+	// store holds a backup of: the master keeps following what it knows.
+	m.mu.Lock()
+	for _, e := range opts.Edges {
+		m.startLocked(m.follow[e.ID])
+	}
+	m.mu.Unlock()
+	if known, err := m.stored(); err != nil {
+		m.log.Warn("cannot list the edges in the store; they are followed when they connect", "err", err)
+	} else {
+		for _, id := range known {
+			if _, err := m.learn(id, ""); err != nil {
+				m.log.Error("cannot follow a stored edge", "edge", id, "err", err)
+			}
+		}
+	}
+	for _, c := range m.clients {
+		c.Connect() // with ConnectRetry it keeps trying in the background
 	}
 	auth, err := rest.NewAuthenticator(m.accounts, nil, opts.Registry)
 	if err != nil {
@@ -250,16 +282,33 @@ func Open(opts Options) (_ *Master, err error) {
 	if opts.Store != nil {
 		where = opts.Store.String()
 	}
-	m.log.Info("listening", "https", m.HTTPAddr(), "data", where, "edges", len(opts.Edges))
+	if m.link != nil {
+		m.log.Info("listening", "https", m.HTTPAddr(), "edges_mqtts", m.EdgesAddr(), "data", where, "edges", len(m.EdgeIDs()))
+	} else {
+		m.log.Info("listening", "https", m.HTTPAddr(), "data", where, "edges", len(m.EdgeIDs()))
+	}
 	return m, nil
+}
+
+// newFollower makes the follower of edge id with its store, recovered.
+func (m *Master) newFollower(id, addr string) (*follower, error) {
+	if m.opts.Store != nil {
+		return newFollower(id, addr, &m.opts, m.met, newS3Backup(id, &m.opts, m.met, m.sm), "", 0), nil
+	}
+	fst, err := newFileStore(id, &m.opts, m.met)
+	if err != nil {
+		return nil, err
+	}
+	inc, seq := fst.position()
+	return newFollower(id, addr, &m.opts, m.met, fst, inc, seq), nil
 }
 
 // newClient makes a paho client that reconnects forever; each (re)connect
 // subscribes and asks the edge for everything after our seq.
-func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
+func (m *Master) newClient(eb *follower, addr string, tc *tls.Config) paho.Client {
 	o := paho.NewClientOptions()
-	o.AddBroker("tls://" + eb.edgeAddr())
-	o.SetClientID(m.opts.Name + "-" + eb.edgeID())
+	o.AddBroker("tls://" + addr)
+	o.SetClientID(m.opts.Name + "-" + eb.id)
 	o.SetUsername(m.opts.Name)
 	o.SetPassword(m.opts.Password)
 	o.SetTLSConfig(tc)
@@ -283,7 +332,7 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 	o.SetOnConnectHandler(func(c paho.Client) {
 		filters := map[string]byte{}
 		for _, k := range []string{iotkv.BackupKindChanges, iotkv.BackupKindSnapshot, iotkv.BackupKindHello} {
-			filters[iotkv.BackupTopic(eb.edgeID(), k)] = 1
+			filters[iotkv.BackupTopic(eb.id, k)] = 1
 		}
 		// Retry while the connection lasts: giving up here would leave a
 		// live connection that never streams (nothing else resubscribes).
@@ -292,17 +341,17 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 			if err == nil {
 				break
 			}
-			eb.logger().Error("backup subscribe failed; retrying", "err", err)
+			eb.log.Error("backup subscribe failed; retrying", "err", err)
 			time.Sleep(time.Second)
 		}
 		if !c.IsConnectionOpen() {
 			return
 		}
-		eb.logger().Info("connected to edge", "addr", eb.edgeAddr())
+		eb.log.Info("connected to edge", "addr", addr)
 		eb.deliver(event{kind: "connected"})
 	})
 	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
-		eb.logger().Warn("connection to edge lost", "addr", eb.edgeAddr(), "err", err)
+		eb.log.Warn("connection to edge lost", "addr", addr, "err", err)
 		eb.deliver(event{kind: "lost"})
 	})
 	return paho.NewClient(o)
@@ -342,20 +391,49 @@ func subscribe(c paho.Client, filters map[string]byte, h paho.MessageHandler) er
 // HTTPAddr is the bound HTTPS address.
 func (m *Master) HTTPAddr() string { return m.http.Addr() }
 
-// Status lists every edge's backup.
-func (m *Master) Status() []Status {
-	out := make([]Status, 0, len(m.order))
+// EdgesAddr is the bound address of the listener for edges that dial
+// out; "" without one.
+func (m *Master) EdgesAddr() string {
+	if m.link == nil {
+		return ""
+	}
+	return m.link.b.Addr()
+}
+
+func (m *Master) followers() []*follower {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*follower, 0, len(m.order))
 	for _, id := range m.order {
-		out = append(out, m.follow[id].status())
+		out = append(out, m.follow[id])
 	}
 	return out
 }
 
-// Ready reports whether every edge is connected (and, with a store,
-// whether the store was reachable at the last request).
+// Status lists every edge's backup: the edges dialled, in the order given,
+// then every edge learned (from the store or when it dialled in).
+func (m *Master) Status() []Status {
+	fs := m.followers()
+	out := make([]Status, 0, len(fs))
+	for _, f := range fs {
+		out = append(out, f.status())
+	}
+	return out
+}
+
+// Ready reports whether every dialled edge is connected and every edge's
+// store works (with a store: was reachable at the last request). An edge
+// that dials out may be away for days; it does not make the master unready.
 func (m *Master) Ready() error {
-	for _, id := range m.order {
-		if err := m.follow[id].ready(); err != nil {
+	for _, f := range m.followers() {
+		if err := f.store.ready(); err != nil {
+			return err
+		}
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, e := range m.opts.Edges {
+		if err := m.follow[e.ID].ready(); err != nil {
 			return err
 		}
 	}
@@ -371,13 +449,17 @@ func (m *Master) Close(ctx context.Context) error {
 		if m.http != nil {
 			errs = append(errs, m.http.Close(ctx))
 		}
-		for _, id := range m.order {
-			if c := m.follow[id].mqtt(); c != nil {
-				c.Disconnect(250)
-			}
+		for _, c := range m.clients {
+			c.Disconnect(250)
 		}
-		for _, id := range m.order {
-			m.follow[id].halt()
+		if m.link != nil {
+			errs = append(errs, m.link.b.Close())
+		}
+		m.mu.Lock()
+		m.closed = true
+		m.mu.Unlock()
+		for _, f := range m.followers() {
+			f.halt()
 		}
 		if m.stopWatch != nil {
 			m.stopWatch()
@@ -419,14 +501,14 @@ func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
 		rest.WriteError(w, http.StatusForbidden, iotkv.CodeNotAuthorized, "only an admin or edge "+id+" itself may read this backup")
 		return
 	}
-	eb, ok := m.follow[id]
-	if !ok {
+	eb := m.lookup(id)
+	if eb == nil {
 		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no backup of edge "+id)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	cw := &countingWriter{w: w}
-	if err := eb.stream(cw); err != nil {
+	if err := eb.store.stream(cw); err != nil {
 		if cw.n == 0 {
 			rest.WriteError(w, http.StatusServiceUnavailable, iotkv.CodeUnavailable, err.Error())
 			return
@@ -437,8 +519,13 @@ func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// EdgeIDs lists the followed edges in the order given.
-func (m *Master) EdgeIDs() []string { return slices.Clone(m.order) }
+// EdgeIDs lists the followed edges: dialled ones in the order given, then
+// the learned ones.
+func (m *Master) EdgeIDs() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return slices.Clone(m.order)
+}
 
 type metrics struct {
 	applied, lagChanges                        *prometheus.GaugeVec
