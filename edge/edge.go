@@ -57,6 +57,9 @@ type Options struct {
 
 	// Backup bounds the change log and shapes the backup stream.
 	Backup BackupOptions
+	// DialOut carries the stream to masters the edge dials (none: only
+	// masters that dial the edge follow it).
+	DialOut DialOutOptions
 
 	StoreFS vfs.FS // tests inject disk faults; default the OS
 	// MemTableSize is the store's memtable size in bytes; default
@@ -125,6 +128,7 @@ type Edge struct {
 	broker   *broker.Broker
 	http     *rest.Server
 	backup   *backup
+	dialOut  *dialOut
 
 	backupStarted bool
 
@@ -160,9 +164,13 @@ func Open(opts Options) (_ *Edge, err error) {
 	}
 	reg := opts.Registry
 	e.backup, err = newBackup(opts.ID, e.store, e.log, opts.Backup, reg, func(topic string, payload []byte) error {
+		e.dialOut.publish(topic, payload)
 		return e.broker.Publish(topic, payload, 0)
 	})
 	if err != nil {
+		return nil, err
+	}
+	if e.dialOut, err = newDialOut(opts.ID, opts.DialOut, opts.TLSFiles, e.log, e.backup.receive); err != nil {
 		return nil, err
 	}
 	e.c, err = newCommitter(e.store, e.log, reg, e.committed)
@@ -217,6 +225,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	e.http.Serve()
 	e.backup.start()
 	e.backupStarted = true
+	e.dialOut.start()
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopWatch = cancel
 	e.wg.Add(1)
@@ -312,6 +321,7 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.backupStarted {
 			e.backup.close() // before the broker it publishes through
+			e.dialOut.close()
 		}
 		if e.broker != nil {
 			errs = append(errs, e.broker.Close())

@@ -48,6 +48,9 @@ type stateFile struct {
 	TakenAt     string            `json:"taken_at"`
 	Keys        int               `json:"keys"`
 	Devices     []iotkv.DeviceSeq `json:"devices"`
+	// LastWrite is each device's newest change time (ms, edge clock), for
+	// the fleet directory.
+	LastWrite map[string]int64 `json:"last_write,omitempty"`
 }
 
 func writeState(dir string, st stateFile) error {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -37,6 +38,9 @@ type fileStore struct {
 	pending iotkv.Overlay
 	frozen  []iotkv.OverlayEntry // being merged into a new latest.json
 	devices map[string]uint64
+	// lastWrite: newest updated_at per device (ms), from the journals and
+	// state.json; a received snapshot carries none.
+	lastWrite map[string]int64
 
 	// Worker only.
 	journal  *journal
@@ -50,7 +54,7 @@ type fileStore struct {
 func newFileStore(id string, opts *Options, m *metrics) (*fileStore, error) {
 	fst := &fileStore{
 		id: id, dir: filepath.Join(opts.DataDir, id), log: opts.Logger.With("edge", id), opts: opts, m: m,
-		mergeDone: make(chan mergeResult, 1), devices: map[string]uint64{}, lastSnap: time.Now(),
+		mergeDone: make(chan mergeResult, 1), devices: map[string]uint64{}, lastWrite: map[string]int64{}, lastSnap: time.Now(),
 	}
 	if err := os.MkdirAll(fst.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("edge %s: %w", id, err)
@@ -92,11 +96,15 @@ func (fst *fileStore) recover() error {
 	for _, d := range st.Devices {
 		fst.devices[d.Device] = d.LastSeq
 	}
+	for d, w := range st.LastWrite {
+		fst.lastWrite[d] = w
+	}
 	replayed := 0
 	fst.seq, err = replayJournals(fst.dir, fst.seq, func(c *iotkv.Change, applied bool) {
 		if c.DeviceSeq > fst.devices[c.Device] {
 			fst.devices[c.Device] = c.DeviceSeq
 		}
+		fst.lastWrite[c.Device] = max(fst.lastWrite[c.Device], c.UpdatedAt)
 		if applied {
 			fst.pending.Apply(c)
 			replayed++
@@ -124,10 +132,15 @@ func (fst *fileStore) recover() error {
 
 // follow adopts the incarnation of an edge we have nothing of yet; any
 // other state is replaced only by a snapshot.
-func (fst *fileStore) follow(inc string) (uint64, error) {
+func (fst *fileStore) follow(inc string, devices func(string, uint64, int64)) (uint64, error) {
 	fst.mu.Lock()
 	same, empty := fst.inc == inc, fst.inc == "" && fst.seq == 0
 	seq := fst.seq
+	if same {
+		for d, s := range fst.devices {
+			devices(d, s, fst.lastWrite[d])
+		}
+	}
 	fst.mu.Unlock()
 	if same {
 		return seq, nil
@@ -160,6 +173,7 @@ func (fst *fileStore) append(changes []iotkv.Change, raw []json.RawMessage) erro
 		if c := &changes[i]; c.DeviceSeq > fst.devices[c.Device] {
 			fst.devices[c.Device] = c.DeviceSeq
 		}
+		fst.lastWrite[changes[i].Device] = max(fst.lastWrite[changes[i].Device], changes[i].UpdatedAt)
 		fst.seq = changes[i].Seq
 	}
 	full := fst.pending.Len() >= fst.opts.MaxPending
@@ -318,6 +332,11 @@ func (in *fileSnap) install() error {
 	}
 	fst.inc, fst.seq, fst.baseSeq, fst.keys = in.inc, in.seq, in.seq, in.bw.Entries()
 	fst.pending, fst.frozen, fst.devices = iotkv.Overlay{}, nil, in.devices
+	for d := range fst.lastWrite {
+		if _, ok := in.devices[d]; !ok {
+			delete(fst.lastWrite, d)
+		}
+	}
 	fst.mu.Unlock()
 	fst.durable = in.seq
 	st := stateFile{Edge: fst.id, Incarnation: in.inc, Seq: in.seq, TakenAt: in.takenAt, Keys: in.bw.Entries(), Devices: iotkv.DeviceList(in.devices)}
@@ -374,16 +393,17 @@ func (fst *fileStore) snapshot() {
 	fst.pending = iotkv.Overlay{}
 	seq, inc := fst.seq, fst.inc
 	devices := iotkv.DeviceList(fst.devices)
+	lastWrite := maps.Clone(fst.lastWrite)
 	fst.mu.Unlock()
 	fst.merging = true
 	fst.wg.Add(1)
 	go func() {
 		defer fst.wg.Done()
-		fst.mergeDone <- fst.writeLatest(seq, inc, frozen, devices)
+		fst.mergeDone <- fst.writeLatest(seq, inc, frozen, devices, lastWrite)
 	}()
 }
 
-func (fst *fileStore) writeLatest(seq uint64, inc string, overlay []iotkv.OverlayEntry, devices []iotkv.DeviceSeq) mergeResult {
+func (fst *fileStore) writeLatest(seq uint64, inc string, overlay []iotkv.OverlayEntry, devices []iotkv.DeviceSeq, lastWrite map[string]int64) mergeResult {
 	start := time.Now()
 	r := mergeResult{seq: seq, takenAt: now()}
 	path := filepath.Join(fst.dir, latestName)
@@ -401,7 +421,7 @@ func (fst *fileStore) writeLatest(seq uint64, inc string, overlay []iotkv.Overla
 	}
 	r.err = writeLatestFile(path, fst.id, seq, r.takenAt, in, overlay, &r.keys)
 	if r.err == nil {
-		r.err = writeState(fst.dir, stateFile{Edge: fst.id, Incarnation: inc, Seq: seq, TakenAt: r.takenAt, Keys: r.keys, Devices: devices})
+		r.err = writeState(fst.dir, stateFile{Edge: fst.id, Incarnation: inc, Seq: seq, TakenAt: r.takenAt, Keys: r.keys, Devices: devices, LastWrite: lastWrite})
 	}
 	r.took = time.Since(start)
 	return r

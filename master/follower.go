@@ -17,10 +17,11 @@ import (
 // and stream, which REST calls from its own goroutines.
 type backupStore interface {
 	// follow switches to incarnation inc and returns the last change it
-	// holds of it. errNeedSnapshot: the store holds another state and only
+	// holds of it; devices gets the last seq and write of every device
+	// the store knows of in it. errNeedSnapshot: the store holds another state and only
 	// a full snapshot can replace it; any other error: the store cannot be
 	// reached now.
-	follow(inc string) (last uint64, err error)
+	follow(inc string, devices func(device string, seq uint64, lastWrite int64)) (last uint64, err error)
 	// append keeps changes that follow the last one held, contiguous;
 	// raw is each change's JSON as received.
 	append(changes []iotkv.Change, raw []json.RawMessage) error
@@ -82,6 +83,12 @@ type follower struct {
 	connected   int // connections open to the edge (dial-in and dial-out)
 	lastContact time.Time
 	firstSeen   time.Time
+	devices     map[string]deviceInfo // the fleet directory's part for this edge
+
+	// startInc, when set, names the incarnation to follow before the edge
+	// says (the store's current one), so an edge that is away still has
+	// its devices in the fleet directory.
+	startInc func() (string, error)
 
 	// Worker only.
 	end       uint64 // last change held, durable or not
@@ -94,9 +101,24 @@ type follower struct {
 	gapAt     uint64
 }
 
+// deviceInfo is what the master knows of a device from the stream.
+type deviceInfo struct {
+	lastSeq   uint64
+	lastWrite int64 // ms since the epoch, the edge's clock; 0 unknown
+}
+
+// noteDevice records a device's seq and last write (under mu).
+func (f *follower) noteDeviceLocked(device string, seq uint64, lastWrite int64) {
+	d := f.devices[device]
+	d.lastSeq = max(d.lastSeq, seq)
+	d.lastWrite = max(d.lastWrite, lastWrite)
+	f.devices[device] = d
+}
+
 // incomingSnap is a snapshot being received.
 type incomingSnap struct {
 	sink     snapshotSink
+	devices  []iotkv.DeviceSeq
 	id, inc  string
 	seq      uint64
 	nextPart int
@@ -107,7 +129,7 @@ func newFollower(id, addr string, opts *Options, m *metrics, store backupStore, 
 		id: id, addr: addr, log: opts.Logger.With("edge", id), opts: opts, m: m, store: store,
 		publish: func(string, []byte) {},
 		in:      make(chan event, 256), stop: make(chan struct{}), done: make(chan struct{}),
-		inc: inc, durable: durable, end: durable, firstSeen: time.Now(),
+		inc: inc, durable: durable, end: durable, firstSeen: time.Now(), devices: map[string]deviceInfo{},
 	}
 }
 
@@ -128,6 +150,13 @@ func (f *follower) halt() {
 
 func (f *follower) run() {
 	defer close(f.done)
+	if f.startInc != nil && f.inc == "" {
+		if inc, err := f.startInc(); err == nil {
+			if err := f.follow(inc); err != nil {
+				f.log.Warn("cannot read the stored backup yet", "err", err)
+			}
+		}
+	}
 	tick := time.NewTicker(min(500*time.Millisecond, max(20*time.Millisecond, f.opts.FlushInterval/5)))
 	defer tick.Stop()
 	for {
@@ -244,12 +273,17 @@ func (f *follower) request(reason string) {
 
 // follow makes inc the followed incarnation, at what the store holds.
 func (f *follower) follow(inc string) error {
-	last, err := f.store.follow(inc)
+	seen := map[string]deviceInfo{}
+	last, err := f.store.follow(inc, func(device string, seq uint64, lastWrite int64) {
+		d := seen[device]
+		seen[device] = deviceInfo{lastSeq: max(d.lastSeq, seq), lastWrite: max(d.lastWrite, lastWrite)}
+	})
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.inc, f.durable = inc, last
+	f.devices = seen
 	f.mu.Unlock()
 	f.end, f.gapSeen = last, false
 	f.m.applied.WithLabelValues(f.id).Set(float64(last))
@@ -297,6 +331,9 @@ func (f *follower) changes(payload []byte) {
 	f.end = msg.To
 	f.lastProg = time.Now()
 	f.mu.Lock()
+	for i := skip; i < len(changes); i++ {
+		f.noteDeviceLocked(changes[i].Device, changes[i].DeviceSeq, changes[i].UpdatedAt)
+	}
 	// The edge has at least what it sent; its next hello may be a second
 	// away, and lag must not read 0 while changes wait to be stored.
 	f.edgeSeq = max(f.edgeSeq, f.end)
@@ -403,6 +440,9 @@ func (f *follower) snapshotPart(payload []byte) {
 		return
 	}
 	in.nextPart++
+	for _, d := range p.Devices {
+		in.devices = append(in.devices, d)
+	}
 	f.lastProg = time.Now()
 	f.send(iotkv.BackupKindConfirm, iotkv.BackupConfirm{Inc: p.Inc, Snap: p.Snap, Part: p.Part})
 	if !p.Last {
@@ -416,6 +456,12 @@ func (f *follower) snapshotPart(payload []byte) {
 	}
 	f.mu.Lock()
 	f.inc, f.durable = in.inc, in.seq
+	old := f.devices
+	f.devices = map[string]deviceInfo{}
+	for _, d := range in.devices {
+		// A snapshot carries no write times: keep what we knew.
+		f.devices[d.Device] = deviceInfo{lastSeq: d.LastSeq, lastWrite: old[d.Device].lastWrite}
+	}
 	f.mu.Unlock()
 	f.end, f.gapSeen = in.seq, false
 	f.m.applied.WithLabelValues(f.id).Set(float64(in.seq))

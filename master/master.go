@@ -104,8 +104,8 @@ func (o *Options) validate() error {
 	if err := iotkv.ValidateName(o.Name); err != nil {
 		return fmt.Errorf("master name: %w", err)
 	}
-	if o.Password == "" {
-		return errors.New("master: a password is required")
+	if o.Password == "" && len(o.Edges) > 0 {
+		return errors.New("master: a password is required to dial edges")
 	}
 	if o.Accounts == "" {
 		return errors.New("master: accounts file is required")
@@ -300,7 +300,11 @@ func (m *Master) newFollower(id, addr string) (*follower, error) {
 		return nil, err
 	}
 	inc, seq := fst.position()
-	return newFollower(id, addr, &m.opts, m.met, fst, inc, seq), nil
+	f := newFollower(id, addr, &m.opts, m.met, fst, inc, seq)
+	if inc != "" {
+		_ = f.follow(inc) // the same incarnation: loads the devices it holds
+	}
+	return f, nil
 }
 
 // newClient makes a paho client that reconnects forever; each (re)connect
@@ -481,6 +485,7 @@ func (m *Master) handler(auth *rest.Authenticator, met *rest.Metrics) http.Handl
 			rest.WriteJSON(w, http.StatusOK, map[string]any{"edges": m.Status()})
 		})
 		r.Get("/v1/backups/{edge}", m.getBackup)
+		r.With(rest.RequireRole(iotkv.RoleAdmin, iotkv.RoleReader, iotkv.RoleWriter, iotkv.RoleMaster)).Get("/v1/fleet/devices", m.getFleetDevices)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no route for "+r.URL.Path)

@@ -237,7 +237,7 @@ func (sb *s3Backup) append(changes []iotkv.Change, raw []json.RawMessage) error 
 
 // follow follows incarnation inc: it reads what S3 holds of it (the
 // manifest, and the chain's end); the follower asks the edge for the rest.
-func (sb *s3Backup) follow(inc string) (uint64, error) {
+func (sb *s3Backup) follow(inc string, devices func(string, uint64, int64)) (uint64, error) {
 	ctx, cancel := sb.ctx()
 	defer cancel()
 	m, _, err := sb.st.ReadManifest(ctx, sb.id, inc)
@@ -248,7 +248,18 @@ func (sb *s3Backup) follow(inc string) (uint64, error) {
 		sb.s3result(err)
 		return 0, err
 	}
-	end, err := sb.st.ReadChain(ctx, sb.id, inc, m.SnapSeq, func(*iotkv.Change) error { return nil })
+	snapDevices, err := sb.st.SnapshotDevices(ctx, m)
+	if err != nil {
+		sb.s3result(err)
+		return 0, err
+	}
+	for _, d := range snapDevices {
+		devices(d.Device, d.LastSeq, 0)
+	}
+	end, err := sb.st.ReadChain(ctx, sb.id, inc, m.SnapSeq, func(c *iotkv.Change) error {
+		devices(c.Device, c.DeviceSeq, c.UpdatedAt)
+		return nil
+	})
 	if errors.Is(err, s3store.ErrGap) {
 		// Ask the edge for what is missing; the new segment closes the gap.
 		sb.log.Warn("stored chain has a gap: refilling from the edge", "err", err)

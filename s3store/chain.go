@@ -580,3 +580,33 @@ func (s *Store) OpenState(ctx context.Context, edge string) io.ReadCloser {
 	}()
 	return pr
 }
+
+// SnapshotDevices returns the devices' last seqs recorded in the snapshot
+// manifest m names (none when it names none), reading only the head of the
+// snapshot: devices come before entries.
+func (s *Store) SnapshotDevices(ctx context.Context, m Manifest) ([]iotkv.DeviceSeq, error) {
+	key, err := s.snapshotKey(m)
+	if err != nil || key == "" {
+		return nil, err
+	}
+	rc, err := s.openSnapshot(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %d: %w", m.SnapSeq, err)
+	}
+	defer rc.Close()
+	r, err := iotkv.NewBackupReader(bufio.NewReaderSize(rc, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %d: %w", m.SnapSeq, err)
+	}
+	var out []iotkv.DeviceSeq
+	for {
+		kind, err := r.Next()
+		if errors.Is(err, io.EOF) || (err == nil && kind != iotkv.BackupItemDevice) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %d: %w", m.SnapSeq, err)
+		}
+		out = append(out, r.Device)
+	}
+}

@@ -39,6 +39,7 @@ func edgeCmd(args []string) error {
 	s3Region := fs.String("s3-region", "", "with --restore-from s3://...: S3 region")
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
+	masters := fs.String("master", "", "dial out to masters and carry the backup stream there: mqtts://host:port[,mqtts://host2:port] (their --listen-edges)")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
 	if pos, err := cliutil.Parse(fs, args); err != nil {
 		return err
@@ -51,6 +52,13 @@ func edgeCmd(args []string) error {
 	if err := checkRestoreURL(*restoreFrom); err != nil {
 		return err
 	}
+	var dial edge.DialOutOptions
+	if *masters != "" {
+		var err error
+		if dial.Masters, err = edge.ParseMasterURLs(*masters); err != nil {
+			return cliutil.Usagef("edge: --master: %v", err)
+		}
+	}
 	log, err := lf.Logger()
 	if err != nil {
 		return err
@@ -62,12 +70,18 @@ func edgeCmd(args []string) error {
 	if _, err := edge.ClientAuth(*restCert); err != nil {
 		return cliutil.Usagef("%v", err)
 	}
+	if *name == "" {
+		*name = *id
+	}
+	if len(dial.Masters) > 0 {
+		dial.Name = *name
+		if dial.Password, err = cliutil.ReadPassword(*pwFile); err != nil {
+			return err
+		}
+	}
 	ctx, stop := cliutil.SignalContext()
 	defer stop()
 	if *restoreFrom != "" {
-		if *name == "" {
-			*name = *id
-		}
 		pw := ""
 		if !s3store.IsURL(*restoreFrom) { // object storage uses AWS credentials instead
 			if pw, err = cliutil.ReadPassword(*pwFile); err != nil {
@@ -85,6 +99,7 @@ func edgeCmd(args []string) error {
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
 		MemTableSize: *memtable << 20,
 		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
+		DialOut:      dial,
 		Logger:       log,
 	}.WithLimits(*maxKey, *maxValue, *maxOps))
 	if err != nil {
