@@ -1,14 +1,94 @@
 // Package master is the iotkv backup master: it follows the backup stream
-// of every edge over MQTT/TLS (paho, mTLS + password, role master), keeps
-// each edge's state under DIR/{edge}/ as JSON Lines journals and an always
-// valid latest.json, and serves the state over HTTPS for restores.
+// of every edge over MQTT/TLS, keeps each edge's state (under DIR/{edge}/
+// as JSON Lines journals and an always valid latest.json, or in object
+// storage as segments and snapshots), serves it over HTTPS for restores
+// and answers which edge holds a device (GET /v1/fleet/devices).
 //
-// Goroutines and their owners: per edge, a worker (edgeBackup.run) that
-// owns the stream, the journal and the snapshots, and at most one merge
-// goroutine it starts and waits for; paho's goroutines per client (stopped
-// by Disconnect); the REST server's (stopped by its Close); the accounts
-// watcher. Close stops them in the order REST, paho, workers. Lock order:
-// edgeBackup.mu is a leaf lock, never held across I/O or another lock.
+// # Reaching an edge
+//
+// Two ways, one stream protocol (see iotkv.BackupTopic):
+//
+//   - dial in (--edges id=host:port): newClient makes a paho client per
+//     edge that logs in to the edge's broker as role master and subscribes
+//     to the edge's hello/changes/snapshot topics;
+//   - dial out (--listen-edges ADDR): the edge opens the connection. The
+//     master runs the project's own broker in EdgeLink mode (edgelink.go):
+//     mTLS + password, role edge only, certificate CN = username = edge
+//     id, and an ACL that lets edge E publish only
+//     iotkv/v1/backup/E/{hello,changes,snapshot} and subscribe only to
+//     .../E/{request,confirm}. Another edge's certificate publishing E's
+//     stream is refused and counted (iotkv_master_edge_refused_total). The
+//     edge side (edge.dialOut) is a paho client per master; the edge's
+//     backup producer publishes every message to its own broker (for
+//     masters that dial in) and to each open outbound session, and takes
+//     requests and confirms from both. The windows, confirms, gap
+//     handling and snapshots are the same bytes either way; only who
+//     dialled differs. With several masters each gets the whole stream,
+//     as masters that dial in do, so masters sharing a store keep one
+//     lease between them as before.
+//
+// A master learns an edge when it first subscribes on the edge listener
+// (Master.learn) or finds it in its store at start (Master.stored), and
+// follows it from then on: GET /v1/backups lists every edge ever seen.
+//
+// # The life of a change
+//
+// On the edge:
+//
+//  1. committer.syncLoop fsyncs a group and calls onCommit (Edge.committed),
+//     which hands the last change seq to backup.committed (no I/O).
+//  2. backup.loop wakes, backup.pump reads the change log from Pebble
+//     (backup.readChanges) into a changes message and publishes it
+//     through Edge's publish func: broker.Publish (dial in) and
+//     dialOut.publish (dial out), within the session's window.
+//
+// On the master:
+//
+//  3. The message arrives in paho's handler (newClient) or the broker's
+//     in-process subscription (edgeLink.message); either calls
+//     follower.deliver, which blocks until the edge's worker takes it, so
+//     the connection keeps order.
+//  4. follower.run drains a run of events into follower.handle ->
+//     follower.changes: it checks the incarnation (follower.follow on a
+//     new one), drops resends, counts a gap and asks for a replay
+//     (follower.request), and hands the new changes to the store:
+//     backupStore.append (fileStore.append -> journal.append; or
+//     s3Backup.append, which buffers them).
+//  5. follower.commit calls backupStore.commit: fileStore.commit fsyncs
+//     the journal (journal.sync); s3Backup.commit stores the buffer as one
+//     create-only segment (s3store.Store.PutSegment) every FlushInterval
+//     or FlushBytes on the lease holder (the others HEAD for it and fill
+//     it in after a grace period). What the store made durable is
+//     confirmed to the edge (follower.send of a BackupConfirm), and the
+//     edge drops it from its window and, later, its change log
+//     (backup.handle, backup.trim).
+//  6. latest.json: fileStore.tick -> fileStore.snapshot freezes the
+//     changes since latest.json and, in its merge goroutine,
+//     fileStore.writeLatest -> writeLatestFile -> mergeTo ->
+//     iotkv.MergeEntries streams the old latest.json with the changes
+//     into the new one (atomic rename), then fileStore.finishMerge prunes
+//     the journals. On S3: s3Backup.tick -> s3Backup.compact ->
+//     s3store.Store.Compact -> writeStateAt -> iotkv.MergeEntries writes a
+//     snapshot object and moves manifest.json to it.
+//
+// A restore (GET /v1/backups/{edge}) is backupStore.stream: the same
+// merge of latest.json (or the manifest's snapshot) with the changes
+// after it, with the incarnation and the devices' last seqs.
+//
+// A resync: an edge that no longer has what the master asks for (or is a
+// new incarnation) sends a snapshot in parts; follower.snapshotPart feeds
+// a snapshotSink (fileSnap into incoming.json, s3Snap into a temporary
+// file) and install makes it the state.
+//
+// Goroutines and their owners: per edge, a follower worker (follower.run)
+// that owns the stream position and calls its store, and at most one
+// merge or compaction goroutine the store starts and waits for; paho's
+// goroutines per dial-in client (stopped by Disconnect); the edge
+// listener's (stopped by its Close); the REST server's (stopped by its
+// Close); the accounts watcher. Close stops them in the order REST, paho,
+// edge listener, workers. Lock order: Master.mu before follower.mu;
+// follower.mu and the stores' mu are leaf locks, never held across I/O
+// (fileSnap.install renames under fileStore.mu on purpose).
 package master
 
 import (
