@@ -13,6 +13,36 @@ import (
 	"github.com/iotkv/iotkv"
 )
 
+// stdDecodeBatch decodes as encoding/json does, with DecodeBatch's rules
+// for unknown fields and trailing data.
+func stdDecodeBatch(payload []byte) (iotkv.Batch, error) {
+	var b iotkv.Batch
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return b, err
+	}
+	// Not dec.More: it reports false before a stray ']' or '}'.
+	if len(bytes.Trim(payload[dec.InputOffset():], " \t\r\n")) > 0 { // JSON's whitespace only
+		return b, errors.New("trailing data")
+	}
+	return b, nil
+}
+
+func sameBatch(a, b iotkv.Batch) bool {
+	if a.Seq != b.Seq || len(a.Ops) != len(b.Ops) {
+		return false
+	}
+	for i := range a.Ops {
+		x, y := a.Ops[i], b.Ops[i]
+		if x.Op != y.Op || x.Key != y.Key || !bytes.Equal(x.Value, y.Value) || (x.Value == nil) != (y.Value == nil) ||
+			(x.TS == nil) != (y.TS == nil) || (x.TS != nil && *x.TS != *y.TS) {
+			return false
+		}
+	}
+	return true
+}
+
 // Small limits make the fuzzer reach every limit quickly.
 var fuzzLimits = iotkv.Limits{MaxKeyBytes: 16, MaxValueBytes: 64, MaxOps: 4, MaxBatchBytes: 512, MaxDepth: 4}
 
@@ -39,6 +69,14 @@ func FuzzDecodeBatch(f *testing.F) {
 		"{\"seq\":3,\"ops\":[{\"op\":\"del\",\"key\":\"\xff\"}]}",
 		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[`,
 		`null`, ``, `{}`,
+		`{"seq":21000000000000000000,"ops":[{"op":"del","key":"k"}]}`,
+		`{"SEQ":5,"Ops":[{"OP":"put","kEy":"k","Value":null,"TS":null}]}`,
+		`{"\u017feq":5,"ops":[null,{"op":"del","key":"k"}]}`,
+		`{"seq":5,"seq":6,"ops":[{"op":"del","key":"k"}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"k\ud800","value":{"a":1,"a":2}}]}`,
+		`{"seq":5.0,"ops":[{"op":"put","key":"k","value":1,"ts":1e3}]}`,
+		`{"seq":5,"ops":null}`, `{"seq":5,"ops":[{"op":"del","key":"k"}]}]`,
+		"{\"seq\":5,\"ops\":[{\"op\":\"del\",\"key\":\"k\"}]}\v",
 	} {
 		f.Add([]byte(s))
 	}
@@ -52,7 +90,18 @@ func FuzzDecodeBatch(f *testing.F) {
 			if len(b.Ops) != 0 {
 				t.Fatalf("a refused batch returned %d ops", len(b.Ops))
 			}
+			// Refusing what encoding/json would take is allowed: the
+			// decoder refuses a field named twice (encoding/json keeps
+			// the last).
 			return
+		}
+		// What DecodeBatch accepts, encoding/json reads the same way.
+		std, stdErr := stdDecodeBatch(payload)
+		if stdErr != nil {
+			t.Fatalf("accepted, encoding/json refuses it: %v", stdErr)
+		}
+		if !sameBatch(b, std) {
+			t.Fatalf("decoders differ:\n DecodeBatch   %+v\n encoding/json %+v", b, std)
 		}
 		if !utf8.Valid(payload) {
 			t.Fatalf("accepted a batch that is not valid UTF-8: %q", payload)
