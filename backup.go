@@ -260,4 +260,3 @@ type BackupConfirm struct {
 	Snap string `json:"snap,omitempty"`
 	Part int    `json:"part,omitempty"`
 }
-
