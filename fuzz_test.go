@@ -119,7 +119,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	})
 }
 
-// FuzzValidateKey: an accepted key is what SPEC allows and nothing more,
+// FuzzValidateKey: an accepted key is what docs/protocol.md allows and nothing more,
 // holds no NUL (the store's separator) and round-trips through its topic.
 func FuzzValidateKey(f *testing.F) {
 	for _, s := range []string{"temp", "a/b/c", "/lead", "", "k\x00", "k\x7f", "k\u0085", "\xff\xfe", "ünï/cødé", "a+b#c", strings.Repeat("k", 17), "../../etc/passwd"} {
@@ -158,7 +158,7 @@ func FuzzValidateValue(f *testing.F) {
 }
 
 // FuzzParseDeviceTopic: a parsed topic names a valid device, and the kinds
-// the edge acts on are exactly the topics SPEC lists.
+// the edge acts on are exactly the topics docs/protocol.md lists.
 func FuzzParseDeviceTopic(f *testing.F) {
 	for _, s := range []string{
 		"iotkv/v1/devices/d1/batch", "iotkv/v1/devices/d1/kv/a/b", "iotkv/v1/devices/d1/status/ack",
