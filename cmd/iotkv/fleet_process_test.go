@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -79,7 +80,8 @@ func passwordFile(t *testing.T, name string) string {
 
 // Edges that dial out, as users run them: `iotkv master --listen-edges`
 // with no --edges (it has no address for any edge) and `iotkv edge
-// --master mqtts://...` with its MQTT port on 127.0.0.1. e1 is backed up
+// --master mqtts://...` with its MQTT port on 127.0.0.1. e1 takes writes
+// before any master runs, then is backed up over the connection it opens
 // and restored from that master; e2 joins the running master later (no
 // restart) and the fleet directory finds its devices; e2's certificate
 // cannot publish e1's stream (refused and counted), and e1's backup is
@@ -97,9 +99,16 @@ func TestEdgesThatDialOutAreBackedUpLearnedAndBoundToTheirCertificates(t *testin
 	hc := p.HTTPClient(t, "admin")
 	root := t.TempDir()
 
-	m := startServerProc(t, hc, "master", "master", "--data", filepath.Join(root, "backups"), "--certs", p.Dir,
-		"--accounts", p.Accounts, "--listen-edges", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--snapshot-interval", "1s")
-	dial := "mqtts://" + m.addrs["edges"]
+	// e1 starts first, dialling a master that is not there yet: it
+	// accepts writes and keeps its change log; the master then starts on
+	// that address and e1 catches up over the connection it opens.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	edgesAddr := l.Addr().String()
+	l.Close()
+	dial := "mqtts://" + edgesAddr
 	startEdge := func(id string, extra ...string) *serverProc {
 		args := append([]string{"edge", "--id", id, "--data", filepath.Join(root, id), "--certs", p.Dir, "--accounts", p.Accounts,
 			"--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--master", dial, "--password-file", passwordFile(t, id)}, extra...)
@@ -113,6 +122,9 @@ func TestEdgesThatDialOutAreBackedUpLearnedAndBoundToTheirCertificates(t *testin
 	}
 	model.batch("dev-b", put("x", `"y"`, nil), iotkv.Op{Op: iotkv.OpDel, Key: "k/00"})
 	model.publish(t, p, e1.addrs["mqtt"])
+
+	m := startServerProc(t, hc, "master", "master", "--data", filepath.Join(root, "backups"), "--certs", p.Dir,
+		"--accounts", p.Accounts, "--listen-edges", edgesAddr, "--http-addr", "127.0.0.1:0", "--snapshot-interval", "1s")
 	st := waitBackup(t, hc, m.addrs["https"], "e1", 30*time.Second, "e1 backed up over its own connection",
 		func(s backupStatus) bool { return s.Connected && s.Seq == model.changes && s.Lag == 0 })
 	t.Logf("e1 backed up over the connection it opened: %+v", st)
