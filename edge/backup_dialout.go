@@ -1,16 +1,17 @@
 package edge
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/iotkv/iotkv"
-	"github.com/iotkv/iotkv/certs"
 )
 
 // DialOutOptions make the edge carry its backup stream over sessions it
@@ -50,7 +51,9 @@ type dialOut struct {
 	log     *slog.Logger
 }
 
-func newDialOut(id string, o DialOutOptions, files certs.Paths, log *slog.Logger, receive func(topic string, payload []byte)) (*dialOut, error) {
+// tlsFor gives the client TLS configuration for a master's host name (the
+// edge's live certificate, reloaded when its files change).
+func newDialOut(id string, o DialOutOptions, tlsFor func(serverName string) *tls.Config, log *slog.Logger, receive func(topic string, payload []byte)) (*dialOut, error) {
 	d := &dialOut{log: log.With("component", "backup-dialout")}
 	if len(o.Masters) == 0 {
 		return d, nil
@@ -61,10 +64,6 @@ func newDialOut(id string, o DialOutOptions, files certs.Paths, log *slog.Logger
 	if o.Password == "" {
 		return nil, errors.New("edge: a password is required to dial masters")
 	}
-	tc, err := certs.ClientConfig(files)
-	if err != nil {
-		return nil, fmt.Errorf("edge: dial masters: %w", err)
-	}
 	filters := map[string]byte{iotkv.BackupTopic(id, iotkv.BackupKindRequest): 0, iotkv.BackupTopic(id, iotkv.BackupKindConfirm): 0}
 	handler := func(_ paho.Client, msg paho.Message) { receive(msg.Topic(), msg.Payload()) }
 	for _, addr := range o.Masters {
@@ -74,7 +73,11 @@ func newDialOut(id string, o DialOutOptions, files certs.Paths, log *slog.Logger
 		po.SetClientID(id)
 		po.SetUsername(o.Name)
 		po.SetPassword(o.Password)
-		po.SetTLSConfig(tc.Clone())
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("edge: master %q: %w", addr, err)
+		}
+		po.SetTLSConfig(tlsFor(host))
 		po.SetCleanSession(true)
 		po.SetKeepAlive(10 * time.Second)
 		po.SetPingTimeout(5 * time.Second)
@@ -115,6 +118,9 @@ func (d *dialOut) start() {
 // none open is fine: the change log keeps everything until a master
 // confirms it (within retention).
 func (d *dialOut) publish(topic string, payload []byte) {
+	if d == nil {
+		return
+	}
 	for _, c := range d.clients {
 		if c.IsConnectionOpen() {
 			c.Publish(topic, 0, false, payload)
@@ -123,6 +129,9 @@ func (d *dialOut) publish(topic string, payload []byte) {
 }
 
 func (d *dialOut) close() {
+	if d == nil {
+		return
+	}
 	for _, c := range d.clients {
 		c.Disconnect(250)
 	}

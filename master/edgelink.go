@@ -12,7 +12,6 @@ import (
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/broker"
-	"github.com/iotkv/iotkv/certs"
 )
 
 // edgeLink is the listener of edges that dial out (--listen-edges): the
@@ -33,18 +32,15 @@ type edgeLink struct {
 }
 
 func (m *Master) openEdgeLink() error {
-	tc, err := certs.ServerConfig(m.opts.TLSFiles, tls.RequireAndVerifyClientCert)
-	if err != nil {
-		return err
-	}
 	l := &edgeLink{m: m, conns: map[string]map[string]bool{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_master_edge_refused_total",
 			Help: "Publishes and subscriptions of dial-out edges refused: another edge's stream, or a topic that is not the edge's own."}, []string{"edge"})}
 	if err := m.opts.Registry.Register(l.refused); err != nil {
 		return fmt.Errorf("register edge link metrics: %w", err)
 	}
+	var err error
 	l.b, err = broker.New(broker.Options{
-		Addr: m.opts.ListenEdges, TLS: tc, Accounts: m.accounts, Metrics: m.opts.Registry,
+		Addr: m.opts.ListenEdges, TLS: m.tls.ServerConfig(tls.RequireAndVerifyClientCert), PeerCheck: m.tls.CheckPeer, Accounts: m.accounts, Metrics: m.opts.Registry,
 		MaxPacketSize: 4 << 20, MaxClients: 100_000, EdgeLink: true, Sessions: l,
 		Logger: m.log.With("listener", "edges"),
 	})
