@@ -72,6 +72,30 @@ func edgeCmd(args []string) error {
 			return cliutil.Usagef("edge: --master: %v", err)
 		}
 	}
+	// --name and --password-file are the edge's account at a master: for
+	// --master, and for --restore-from https://.
+	switch {
+	case *restoreFrom == "":
+		if err := cliutil.Refuse(fs, "only with --restore-from", "force", "s3-endpoint", "s3-region"); err != nil {
+			return err
+		}
+		if *masters == "" {
+			if err := cliutil.Refuse(fs, "only with --restore-from or --master", "name", "password-file"); err != nil {
+				return err
+			}
+		}
+	case s3store.IsURL(*restoreFrom):
+		// Object storage uses the AWS credentials, not an iotkv account.
+		if *masters == "" {
+			if err := cliutil.Refuse(fs, "not used with --restore-from s3://... (credentials come from AWS_*)", "name", "password-file"); err != nil {
+				return err
+			}
+		}
+	default:
+		if err := cliutil.Refuse(fs, "only with --restore-from s3://...", "s3-endpoint", "s3-region"); err != nil {
+			return err
+		}
+	}
 	log, err := lf.Logger()
 	if err != nil {
 		return err
