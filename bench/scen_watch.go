@@ -21,7 +21,8 @@ type watchers struct {
 }
 
 // openWatchers opens fast per-device watchers (round robin over devs) and
-// stalled ones on s, and returns once every stream has answered 200.
+// stalled fleet-wide ones (every event of every device: the most a stalled
+// client can be sent) on s, and returns once every stream has answered 200.
 func (r *Runner) openWatchers(ctx context.Context, s *Server, devs []string, fast, stalled int) (*watchers, error) {
 	c, err := r.HTTPClient(fast + stalled)
 	if err != nil {
@@ -32,11 +33,14 @@ func (r *Runner) openWatchers(ctx context.Context, s *Server, devs []string, fas
 	w := &watchers{cancel: cancel}
 	ready := make(chan error, fast+stalled)
 	for i := range fast + stalled {
-		dev := devs[i%len(devs)]
+		dev, path := devs[i%len(devs)], "/v1/watch/"+devs[i%len(devs)]
+		if i >= fast {
+			dev, path = "(fleet)", "/v1/watch"
+		}
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
-			req, err := http.NewRequestWithContext(wctx, http.MethodGet, "https://"+s.HTTPS+"/v1/watch/"+dev, nil)
+			req, err := http.NewRequestWithContext(wctx, http.MethodGet, "https://"+s.HTTPS+path, nil)
 			if err != nil {
 				ready <- err
 				return
@@ -113,7 +117,7 @@ func (r *Runner) scenWatch(ctx context.Context, sec *Section) error {
 	x := ratio(with.P99ms, none.P99ms)
 	sec.Row(fmt.Sprintf("%d watchers (%d reading, %d stalled)", fast+stalled, fast, stalled), fmtRate(with.MsgsPerS),
 		fmt.Sprintf("%.1f / %.1f ms", with.P50ms, with.P99ms), fmt.Sprintf("%.2f×", x))
-	sec.Note("Two edges run at once with the same 50 devices (batches of %d puts, %d in flight each) and are loaded in turn, round after round; each figure is the median round. On the second, %d watchers of /v1/watch/{device} (one account, over HTTPS) read every event as it comes and %d never read after the headers: the edge sends to a watcher only through its bounded buffer, so a stalled one overflows and is cut off instead of holding the committer. The watchers' client runs on the same 2 cores as the edge and the load.", opsPerBatch, inflight, fast, stalled)
+	sec.Note("Two edges run at once with the same 50 devices (batches of %d puts, %d in flight each) and are loaded in turn, round after round; each figure is the median round. On the second, %d watchers of /v1/watch/{device} (one account, over HTTPS) read every event as it comes and %d of /v1/watch (every device) never read after the headers: the edge sends to a watcher only through its bounded buffer, so a stalled one overflows and is cut off instead of holding the committer. The watchers' client runs on the same 2 cores as the edge and the load.", opsPerBatch, inflight, fast, stalled)
 	if m := watchMetrics; m != nil {
 		sec.Note("With watchers: %.0f events sent, %.0f watchers cut off by overflow, %.0f watchers open at the end, %.1f MiB read by the reading watchers.",
 			m["iotkv_watch_events_total"], m["iotkv_watch_overflows_total"], m["iotkv_watchers"], float64(ws.bytes.Load())/(1<<20))
