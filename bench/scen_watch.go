@@ -112,6 +112,9 @@ func (r *Runner) scenWatch(ctx context.Context, sec *Section) error {
 		return err
 	}
 	none, with := outs["no watchers"][inflight], outs["100 watchers"][inflight]
+	if none.Acked == 0 || with.Acked == 0 {
+		return fmt.Errorf("no PUBACK within the measurement window (acked: %d without watchers, %d with): no latency to compare", none.Acked, with.Acked)
+	}
 	sec.Row("edge", "batches/s", "PUBACK p50 / p99", "p99 ÷ no watchers")
 	sec.Row("no watchers", fmtRate(none.MsgsPerS), fmt.Sprintf("%.1f / %.1f ms", none.P50ms, none.P99ms), "1.00×")
 	x := ratio(with.P99ms, none.P99ms)
