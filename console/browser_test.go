@@ -23,6 +23,7 @@ import (
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/console"
+	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/testenv"
 	"github.com/iotkv/iotkv/master"
 )
@@ -39,20 +40,7 @@ const shotsEnv = "IOTKV_CONSOLE_SHOTS"
 // security headers.
 func TestConsoleInABrowser(t *testing.T) {
 	chromium := findChromium(t)
-	pki := testenv.NewPKI(t)
-	pki.Identity(t, "admin", iotkv.RoleAdmin)
-	pki.Identity(t, "d1", iotkv.RoleDevice)
-	pki.Identity(t, "master", iotkv.RoleMaster)
-	e := testenv.StartEdge(t, pki, "e1", nil)
-	m, err := master.Open(master.Options{
-		DataDir: t.TempDir(), Password: testenv.Password("master"), TLSFiles: pki.Paths("master"),
-		Accounts: pki.Accounts, Edges: []master.Edge{{ID: "e1", Addr: e.MQTTAddr()}}, HTTPAddr: "127.0.0.1:0",
-		SnapshotInterval: 200 * time.Millisecond, AccountsPoll: 100 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	pki, e, m := startServers(t)
 	edgeURL, masterURL := "https://"+e.HTTPAddr(), "https://"+m.HTTPAddr()
 
 	b := newBrowser(t, chromium, pki.Paths("e1").Cert, pki.Paths("master").Cert)
@@ -139,6 +127,28 @@ func TestConsoleInABrowser(t *testing.T) {
 
 	b.checkHeaders(edgeURL+"/ui/", masterURL+"/ui/")
 	b.checkNoErrors()
+}
+
+// startServers starts an edge e1 and a master following it, with accounts
+// admin (role admin), rd (reader) and d1 (device).
+func startServers(t *testing.T) (*testenv.PKI, *edge.Edge, *master.Master) {
+	t.Helper()
+	pki := testenv.NewPKI(t)
+	pki.Identity(t, "admin", iotkv.RoleAdmin)
+	pki.Identity(t, "rd", iotkv.RoleReader)
+	pki.Identity(t, "d1", iotkv.RoleDevice)
+	pki.Identity(t, "master", iotkv.RoleMaster)
+	e := testenv.StartEdge(t, pki, "e1", nil)
+	m, err := master.Open(master.Options{
+		DataDir: t.TempDir(), Password: testenv.Password("master"), TLSFiles: pki.Paths("master"),
+		Accounts: pki.Accounts, Edges: []master.Edge{{ID: "e1", Addr: e.MQTTAddr()}}, HTTPAddr: "127.0.0.1:0",
+		SnapshotInterval: 200 * time.Millisecond, AccountsPoll: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(context.Background()) })
+	return pki, e, m
 }
 
 func findChromium(t *testing.T) string {
