@@ -1,7 +1,7 @@
 GO ?= go
 RELEASE_FLAGS = -trimpath -ldflags='-s -w'
 
-.PHONY: build test test-short verify lint fuzz bench bench-quick chaos demo smoke clean
+.PHONY: build test test-short verify lint fuzz bench bench-quick console-shots chaos demo smoke clean
 
 build:
 	CGO_ENABLED=0 $(GO) build $(RELEASE_FLAGS) -o bin/iotkv ./cmd/iotkv
@@ -30,6 +30,13 @@ bench:
 	@command -v nats-server >/dev/null || test -x "$$($(GO) env GOPATH)/bin/nats-server" || $(GO) install github.com/nats-io/nats-server/v2@v2.15.2
 	$(GO) build -o bin/iotkv-bench ./bench/cmd/iotkv-bench
 	bin/iotkv-bench --out bench/results
+	$(MAKE) console-shots
+
+# A screenshot of every web console page (edge and master, and the devices
+# page on a phone), taken by the browser test in headless chromium.
+console-shots:
+	IOTKV_CONSOLE_SHOTS=$(CURDIR)/bench/results/console $(GO) test -count=1 -run '^TestConsoleInABrowser$$' ./console
+	@ls bench/results/console/*.png 2>/dev/null || echo "console-shots: no screenshots (chromium is not installed)"
 
 bench-quick:
 	$(GO) build -o bin/iotkv-bench ./bench/cmd/iotkv-bench
