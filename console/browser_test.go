@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -90,9 +91,16 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	b.shot(shots, "edge-history")
 
-	// Health: rates need two polls.
-	b.run("open the health page", chromedp.Navigate(edgeURL+"/ui/#/health"),
-		chromedp.WaitVisible(chromedp.CSS(`#h-disk`)), waitNotText(`#h-p99`, "—"), waitNotText(`#h-disk`, "—"))
+	// Health, while the device writes: rates need two polls.
+	stop := make(chan struct{})
+	writing := make(chan error, 1)
+	go func() { writing <- keepWriting(dev, 100, stop) }()
+	b.run("open the health page", chromedp.Click(chromedp.CSS(`#nav a[data-page="health"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#h-disk`)), waitSuffix(`#h-p99`, " ms"), waitNotText(`#h-ops`, "0"), waitNotText(`#h-disk`, "—"))
+	close(stop)
+	if err := <-writing; err != nil {
+		t.Fatal(err)
+	}
 	conn := get(b, "read connected devices", chromedp.Text(chromedp.CSS(`#h-conn`)))
 	if !strings.HasPrefix(conn, "1 of") {
 		t.Errorf("health shows %q connected devices; want 1 of ...", conn)
@@ -101,7 +109,7 @@ func TestConsoleInABrowser(t *testing.T) {
 
 	// The same page on a phone: no sideways scrolling.
 	b.run("devices on a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
-		chromedp.Navigate(edgeURL+"/ui/#/devices"), chromedp.WaitVisible(chromedp.CSS(`#devices tr[data-device="d1"]`)))
+		chromedp.Click(chromedp.CSS(`#nav a[data-page="devices"]`)), chromedp.WaitVisible(chromedp.CSS(`#devices tr[data-device="d1"]`)))
 	overflow := get(b, "check the width", chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
 	if overflow {
 		t.Error("the devices page scrolls sideways on a 390 px wide phone")
@@ -115,7 +123,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.run("see e1 caught up", chromedp.WaitVisible(chromedp.CSS(`#edges tr[data-edge="e1"]`)),
 		waitText(`#edges tr[data-edge="e1"] .lag`, "0"), waitText(`#edges tr[data-edge="e1"] .dot`, "connected"))
 	b.shot(shots, "master-edges")
-	b.run("open the finder", chromedp.Navigate(masterURL+"/ui/#/find"), chromedp.WaitVisible(chromedp.CSS(`#find-prefix`)))
+	b.run("open the finder", chromedp.Click(chromedp.CSS(`#nav a[data-page="find"]`)), chromedp.WaitVisible(chromedp.CSS(`#find-prefix`)))
 	b.shot(shots, "master-find")
 
 	// Log out: the credentials leave the tab.
@@ -347,10 +355,39 @@ func waitText(sel, want string) chromedp.Action[chromedp.Void] {
 		chromedp.WithPollingInterval(25*time.Millisecond))
 }
 
+// waitSuffix waits until sel's text ends with suffix.
+func waitSuffix(sel, suffix string) chromedp.Action[chromedp.Void] {
+	return chromedp.Poll[chromedp.Void](fmt.Sprintf(`(() => { const n = document.querySelector(%q); return !!n && n.textContent.trim().endsWith(%q); })()`, sel, suffix),
+		chromedp.WithPollingInterval(50*time.Millisecond))
+}
+
 // waitNotText waits until sel exists and its text is not text.
 func waitNotText(sel, text string) chromedp.Action[chromedp.Void] {
 	return chromedp.Poll[chromedp.Void](fmt.Sprintf(`(() => { const n = document.querySelector(%q); return !!n && n.textContent.trim() !== %q; })()`, sel, text),
 		chromedp.WithPollingInterval(50*time.Millisecond))
+}
+
+// keepWriting publishes a batch of 10 puts every 20 ms from seq on, until
+// stop closes.
+func keepWriting(c paho.Client, seq uint64, stop <-chan struct{}) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for ; ; seq++ {
+		b := iotkv.Batch{Seq: seq}
+		for i := range 10 {
+			b.Ops = append(b.Ops, iotkv.Op{Op: iotkv.OpPut, Key: fmt.Sprintf("load/%d", i), Value: json.RawMessage(strconv.FormatUint(seq, 10))})
+		}
+		payload, _ := json.Marshal(b)
+		tok := c.Publish(iotkv.BatchTopic("d1"), 1, false, payload)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("publish batch %d: %v", seq, tok.Error())
+		}
+		select {
+		case <-stop:
+			return nil
+		case <-tick.C:
+		}
+	}
 }
 
 func publish(t *testing.T, c paho.Client, seq uint64, key string, value any) {

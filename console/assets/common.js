@@ -254,7 +254,7 @@ const iotkv = (() => {
 
   // lineChart draws points [{x: ms, y: number}] as an SVG line chart.
   function lineChart(points, opts) {
-    const W = 640, H = 260, L = 56, R = 12, T = 12, B = 30;
+    const W = 960, H = 300, L = 60, R = 12, T = 12, B = 30;
     const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": (opts && opts.label) || "chart" });
     if (!points.length) {
       s.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "muted", text: "no numeric values in this range" }));
