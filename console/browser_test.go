@@ -22,7 +22,11 @@ import (
 	"github.com/chromedp/chromedp"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/accounts"
+	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/console"
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/testenv"
@@ -142,10 +146,11 @@ func TestConsoleInABrowser(t *testing.T) {
 func startServers(t *testing.T) (*testenv.PKI, *edge.Edge, *master.Master) {
 	t.Helper()
 	pki := testenv.NewPKI(t)
-	pki.Identity(t, "admin", iotkv.RoleAdmin)
-	pki.Identity(t, "rd", iotkv.RoleReader)
-	pki.Identity(t, "d1", iotkv.RoleDevice)
-	pki.Identity(t, "master", iotkv.RoleMaster)
+	identity(t, pki, "admin", iotkv.RoleAdmin, certs.RoleClient)
+	identity(t, pki, "rd", iotkv.RoleReader, certs.RoleClient)
+	identity(t, pki, "d1", iotkv.RoleDevice, certs.RoleDevice)
+	identity(t, pki, "master", iotkv.RoleMaster, certs.RoleMaster)
+	identity(t, pki, "e1", iotkv.RoleEdge, certs.RoleEdge)
 	e := testenv.StartEdge(t, pki, "e1", nil)
 	m, err := master.Open(master.Options{
 		DataDir: t.TempDir(), Password: testenv.Password("master"), TLSFiles: pki.Paths("master"),
@@ -157,6 +162,28 @@ func startServers(t *testing.T) (*testenv.PKI, *edge.Edge, *master.Master) {
 	}
 	t.Cleanup(func() { _ = m.Close(context.Background()) })
 	return pki, e, m
+}
+
+// identity is testenv's Identity with a bcrypt cost of 4: the accounts
+// code refuses to make such hashes but accepts them, and under -race a
+// cost-10 check takes seconds on a busy machine.
+func identity(t *testing.T, pki *testenv.PKI, name string, role iotkv.Role, certRole string) {
+	t.Helper()
+	if err := certs.Issue(pki.Dir, certs.Request{Name: name, Role: certRole}); err != nil {
+		t.Fatal(err)
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(testenv.Password(name)), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := accounts.Load(pki.Accounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Accounts = append(f.Accounts, accounts.Account{Name: name, Role: role, Hash: string(hash)})
+	if err := f.Save(pki.Accounts); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func findChromium(t *testing.T) string {
