@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode"
@@ -13,13 +14,29 @@ import (
 	"github.com/iotkv/iotkv"
 )
 
+func sameBatch(a, b iotkv.Batch) bool {
+	if a.Seq != b.Seq || len(a.Ops) != len(b.Ops) {
+		return false
+	}
+	for i := range a.Ops {
+		x, y := a.Ops[i], b.Ops[i]
+		if x.Op != y.Op || x.Key != y.Key || !bytes.Equal(x.Value, y.Value) || (x.Value == nil) != (y.Value == nil) ||
+			(x.TS == nil) != (y.TS == nil) || (x.TS != nil && *x.TS != *y.TS) {
+			return false
+		}
+	}
+	return true
+}
+
 // Small limits make the fuzzer reach every limit quickly.
 var fuzzLimits = iotkv.Limits{MaxKeyBytes: 16, MaxValueBytes: 64, MaxOps: 4, MaxBatchBytes: 512, MaxDepth: 4}
 
 // FuzzDecodeBatch: a batch payload comes straight from a device. Whatever
 // it holds, DecodeBatch must not panic, must refuse with an *iotkv.Error
 // (never an internal error) and must return no ops with a refusal; what it
-// accepts must obey every rule and survive a round trip.
+// accepts must obey every rule, read the same with json.Unmarshal (a
+// differential check: Unmarshal refuses trailing data on its own) and
+// survive a round trip.
 func FuzzDecodeBatch(f *testing.F) {
 	for _, s := range []string{
 		`{"seq":17,"ops":[{"op":"put","key":"temp","value":21.5,"ts":1764000000123},{"op":"del","key":"old"}]}`,
@@ -53,6 +70,13 @@ func FuzzDecodeBatch(f *testing.F) {
 				t.Fatalf("a refused batch returned %d ops", len(b.Ops))
 			}
 			return
+		}
+		var std iotkv.Batch
+		if err := json.Unmarshal(payload, &std); err != nil {
+			t.Fatalf("accepted, json.Unmarshal refuses it: %v", err)
+		}
+		if !sameBatch(b, std) {
+			t.Fatalf("DecodeBatch and json.Unmarshal differ:\n %+v\n %+v", b, std)
 		}
 		if !utf8.Valid(payload) {
 			t.Fatalf("accepted a batch that is not valid UTF-8: %q", payload)
@@ -95,7 +119,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	})
 }
 
-// FuzzValidateKey: an accepted key is what SPEC allows and nothing more,
+// FuzzValidateKey: an accepted key is what docs/protocol.md allows and nothing more,
 // holds no NUL (the store's separator) and round-trips through its topic.
 func FuzzValidateKey(f *testing.F) {
 	for _, s := range []string{"temp", "a/b/c", "/lead", "", "k\x00", "k\x7f", "k\u0085", "\xff\xfe", "ünï/cødé", "a+b#c", strings.Repeat("k", 17), "../../etc/passwd"} {
@@ -134,7 +158,7 @@ func FuzzValidateValue(f *testing.F) {
 }
 
 // FuzzParseDeviceTopic: a parsed topic names a valid device, and the kinds
-// the edge acts on are exactly the topics SPEC lists.
+// the edge acts on are exactly the topics docs/protocol.md lists.
 func FuzzParseDeviceTopic(f *testing.F) {
 	for _, s := range []string{
 		"iotkv/v1/devices/d1/batch", "iotkv/v1/devices/d1/kv/a/b", "iotkv/v1/devices/d1/status/ack",
@@ -234,4 +258,35 @@ func nesting(v []byte) int {
 			depth--
 		}
 	}
+}
+
+// FuzzDecodeStrict: the decoder of every untrusted document. Into an
+// interface it must agree with json.Unmarshal, which checks the whole input
+// (trailing data included) before decoding: same verdict, same value.
+// Into a struct, what it accepts json.Unmarshal reads the same way.
+func FuzzDecodeStrict(f *testing.F) {
+	for _, s := range []string{
+		`{"a":1}`, `{"a":1} `, "{\"a\":1}\v", `{"a":1}]`, `{"a":1}}`, `{"a":1} {}`, `[1,2]`, `"s"`, `1e999`,
+		`{"inc":"x","seq":3}`, `{"inc":"x","seq":3,"zzz":1}`, `{"inc":"x","seq":-1}`, ``, ` `, `null`,
+		"{\"inc\":\"\xff\"}", `{"inc":"\ud800"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got, want any
+		err := iotkv.DecodeStrict(data, &got)
+		stdErr := json.Unmarshal(data, &want)
+		if (err == nil) != (stdErr == nil) {
+			t.Fatalf("DecodeStrict: %v; json.Unmarshal: %v", err, stdErr)
+		}
+		if err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("DecodeStrict read %#v, json.Unmarshal %#v", got, want)
+		}
+		var c, stdC iotkv.BackupConfirm
+		if err := iotkv.DecodeStrict(data, &c); err == nil {
+			if err := json.Unmarshal(data, &stdC); err != nil || c != stdC {
+				t.Fatalf("DecodeStrict read %+v, json.Unmarshal %+v (%v)", c, stdC, err)
+			}
+		}
+	})
 }
