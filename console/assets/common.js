@@ -176,7 +176,7 @@ const iotkv = (() => {
     if (!l) { loginPage(); return; }
     const hash = location.hash.replace(/^#\/?/, "") || defaultRoute;
     const [pathPart, query] = hash.split("?");
-    const parts = pathPart.split("/").map(decodeURIComponent);
+    const parts = pathPart.split("/").map((p) => { try { return decodeURIComponent(p); } catch (e) { return p; } });
     const page = routes[parts[0]] || routes[defaultRoute];
     for (const a of document.querySelectorAll("#nav a")) {
       a.classList.toggle("active", a.dataset.page === parts[0]);
