@@ -14,6 +14,22 @@ import (
 	"github.com/iotkv/iotkv"
 )
 
+// stdDecodeBatch decodes as encoding/json does, with DecodeBatch's rules
+// for unknown fields and trailing data.
+func stdDecodeBatch(payload []byte) (iotkv.Batch, error) {
+	var b iotkv.Batch
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return b, err
+	}
+	// Not dec.More: it reports false before a stray ']' or '}'.
+	if len(bytes.Trim(payload[dec.InputOffset():], " \t\r\n")) > 0 { // JSON's whitespace only
+		return b, errors.New("trailing data")
+	}
+	return b, nil
+}
+
 func sameBatch(a, b iotkv.Batch) bool {
 	if a.Seq != b.Seq || len(a.Ops) != len(b.Ops) {
 		return false
@@ -56,6 +72,14 @@ func FuzzDecodeBatch(f *testing.F) {
 		"{\"seq\":3,\"ops\":[{\"op\":\"del\",\"key\":\"\xff\"}]}",
 		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[`,
 		`null`, ``, `{}`,
+		`{"seq":21000000000000000000,"ops":[{"op":"del","key":"k"}]}`,
+		`{"SEQ":5,"Ops":[{"OP":"put","kEy":"k","Value":null,"TS":null}]}`,
+		`{"\u017feq":5,"ops":[null,{"op":"del","key":"k"}]}`,
+		`{"seq":5,"seq":6,"ops":[{"op":"del","key":"k"}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"k\ud800","value":{"a":1,"a":2}}]}`,
+		`{"seq":5.0,"ops":[{"op":"put","key":"k","value":1,"ts":1e3}]}`,
+		`{"seq":5,"ops":null}`, `{"seq":5,"ops":[{"op":"del","key":"k"}]}]`,
+		"{\"seq\":5,\"ops\":[{\"op\":\"del\",\"key\":\"k\"}]}\v",
 	} {
 		f.Add([]byte(s))
 	}
@@ -69,14 +93,20 @@ func FuzzDecodeBatch(f *testing.F) {
 			if len(b.Ops) != 0 {
 				t.Fatalf("a refused batch returned %d ops", len(b.Ops))
 			}
+			// Refusing what encoding/json would take is allowed: the
+			// decoder refuses a field named twice (encoding/json keeps
+			// the last).
 			return
 		}
-		var std iotkv.Batch
-		if err := json.Unmarshal(payload, &std); err != nil {
-			t.Fatalf("accepted, json.Unmarshal refuses it: %v", err)
+		// What DecodeBatch accepts, encoding/json reads the same way
+		// (with DisallowUnknownFields and no trailing data: stricter than
+		// json.Unmarshal, so this also holds it to json.Unmarshal).
+		std, stdErr := stdDecodeBatch(payload)
+		if stdErr != nil {
+			t.Fatalf("accepted, encoding/json refuses it: %v", stdErr)
 		}
 		if !sameBatch(b, std) {
-			t.Fatalf("DecodeBatch and json.Unmarshal differ:\n %+v\n %+v", b, std)
+			t.Fatalf("decoders differ:\n DecodeBatch   %+v\n encoding/json %+v", b, std)
 		}
 		if !utf8.Valid(payload) {
 			t.Fatalf("accepted a batch that is not valid UTF-8: %q", payload)
