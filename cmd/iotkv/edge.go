@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
 	"time"
 
 	"github.com/iotkv/iotkv/edge"
@@ -40,7 +41,7 @@ func edgeCmd(args []string) error {
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
-	if pos, err := cliutil.Parse(fs, args); err != nil {
+	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return cliutil.Usagef("edge: unexpected argument %q", pos[0])

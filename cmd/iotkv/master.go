@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -41,7 +42,7 @@ func masterCmd(args []string) error {
 	interval := fs.Duration("snapshot-interval", 10*time.Second, "how often latest.json is rewritten when something changed")
 	maxPending := fs.Int("max-pending", 100_000, "keys changed since latest.json held in memory before an early snapshot")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
-	if pos, err := cliutil.Parse(fs, args); err != nil {
+	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return cliutil.Usagef("master: unexpected argument %q", pos[0])

@@ -81,7 +81,7 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
 	var f flags
 	f.register(fs)
-	pos, err := cliutil.Parse(fs, args)
+	pos, err := cliutil.ParseConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}
