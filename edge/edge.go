@@ -169,6 +169,9 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := registerOpsMetrics(reg, opts.DataDir, e.Ready); err != nil {
+		return nil, err
+	}
 	mqttTLS, err := certs.ServerConfig(opts.TLSFiles, tls.RequireAndVerifyClientCert)
 	if err != nil {
 		return nil, err
