@@ -22,7 +22,8 @@ import (
 //
 //	r\0{device}\0{key}  -> storedRecord (JSON)
 //	d\0{device}         -> deviceMeta (JSON)
-//	c\0{changeSeq:8 BE} -> Change (JSON): the change log the backup stream reads
+//	c\0{changeSeq:8 BE} -> Change (JSON): the change log the backup stream and history read
+//	h\0{device}\0{key}\0{changeSeq:8 BE} -> at: the history index (history.go)
 //	m\0...              -> edge metadata (incarnation)
 var (
 	prefixRecord = []byte("r\x00")
@@ -94,6 +95,8 @@ type Store struct {
 	// Incarnation is a random id made when the store is created, so a
 	// rebuilt edge whose seqs restart never collides with its past.
 	Incarnation string
+	// indexHistory: the committer writes the history index.
+	indexHistory bool
 }
 
 // StoreOptions configure OpenStore.
@@ -105,6 +108,8 @@ type StoreOptions struct {
 	// DefaultMemTableSize. Pebble keeps up to two (and grows the first
 	// from 256 KiB), so memory stays small on an idle edge.
 	MemTableSize uint64
+	// NoHistory: the committer writes no history index (HistoryOptions.Off).
+	NoHistory bool
 }
 
 // DefaultMemTableSize is 32 MiB. Pebble's default (4 MiB) flushes so
@@ -129,7 +134,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, log: o.Logger}
+	s := &Store{db: db, dir: dir, log: o.Logger, indexHistory: !o.NoHistory}
 	inc, err := s.get(keyIncarn)
 	switch {
 	case err == nil:

@@ -24,6 +24,7 @@ func edgeCmd(args []string) error {
 	httpAddr := fs.String("http-addr", ":8443", "HTTPS listen address")
 	restCert := fs.String("rest-client-cert", "optional", "none|optional|require")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
+	crl := fs.String("crl", "", "certificate revocation list to enforce (default D/crl.pem of --certs D when present; reloaded on change)")
 	maxPacket := fs.Uint("max-packet-size", 1<<20, "largest MQTT packet in bytes")
 	maxKey := fs.Int("max-key-bytes", 256, "longest key in bytes")
 	maxValue := fs.Int("max-value-bytes", 64<<10, "largest value in bytes")
@@ -41,6 +42,12 @@ func edgeCmd(args []string) error {
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
+	histRetain := &durationValue{7 * 24 * time.Hour}
+	fs.Var(histRetain, "history-retain", "how long the history of every key is kept (GET /v1/history), e.g. 7d; 0 turns history off")
+	histBytes := &bytesValue{1 << 30}
+	fs.Var(histBytes, "history-max-bytes", "most bytes of history (change log and index) the edge keeps, e.g. 1GiB")
+	maxWatchers := fs.Int("max-watchers", 1000, "most watch streams (GET /v1/watch) open at once")
+	maxWatchersAcct := fs.Int("max-watchers-per-account", 16, "most watch streams open at once per account")
 	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -49,6 +56,12 @@ func edgeCmd(args []string) error {
 	if *id == "" || *data == "" || *acc == "" {
 		return cliutil.Usagef("edge: --id, --data and --accounts are required")
 	}
+	if histBytes.n <= 0 {
+		return cliutil.Usagef("edge: --history-max-bytes must be positive")
+	}
+	if *maxWatchers <= 0 || *maxWatchersAcct <= 0 {
+		return cliutil.Usagef("edge: --max-watchers and --max-watchers-per-account must be positive")
+	}
 	if err := checkRestoreURL(*restoreFrom); err != nil {
 		return err
 	}
@@ -56,7 +69,7 @@ func edgeCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	paths, err := tf.Paths(*id)
+	paths, err := tf.ServerPaths(*id, *crl)
 	if err != nil {
 		return err
 	}
@@ -86,6 +99,8 @@ func edgeCmd(args []string) error {
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
 		MemTableSize: *memtable << 20,
 		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
+		History:      edge.HistoryOptions{Off: histRetain.d == 0, Retain: histRetain.d, MaxBytes: histBytes.n},
+		Watch:        edge.WatchOptions{MaxTotal: *maxWatchers, MaxPerAccount: *maxWatchersAcct},
 		Logger:       log,
 	}.WithLimits(*maxKey, *maxValue, *maxOps))
 	if err != nil {
@@ -95,7 +110,16 @@ func edgeCmd(args []string) error {
 		_ = e.Close(context.Background())
 		return err
 	}
-	<-ctx.Done()
+	hup, stopHup := cliutil.HangupSignals()
+	defer stopHup()
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading accounts and TLS files")
+			_ = e.Reload() // a refusal is logged; the files in force stay
+		case <-ctx.Done():
+		}
+	}
 	log.Info("shutting down: finishing writes in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
