@@ -70,6 +70,7 @@ func Serve(kind string, args []string) error {
 			ID: EdgeID, DataDir: *data, TLSFiles: paths, Accounts: *acc,
 			MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AuthCacheSize: *authCache,
 			MaxClients: 20_000, Logger: log,
+			Watch: edge.WatchOptions{MaxPerAccount: 1000}, // scenario 10 opens 100 watchers as one account
 		})
 		if err != nil {
 			return err
