@@ -127,6 +127,7 @@ func (fst *fileStore) recover() error {
 	fst.log.Info("backup state loaded", "incarnation", fst.inc, "seq", fst.seq, "snapshot_seq", fst.baseSeq,
 		"keys", fst.keys, "journaled_changes", replayed)
 	fst.m.applied.WithLabelValues(fst.id).Set(float64(fst.seq))
+	fst.m.edgeSeen(fst.id)
 	return nil
 }
 
@@ -447,6 +448,7 @@ func (fst *fileStore) finishMerge(r mergeResult) {
 	fst.baseSeq, fst.keys = r.seq, r.keys
 	fst.mu.Unlock()
 	fst.m.snapshotSeconds.Observe(r.took.Seconds())
+	fst.m.snapshotTime.WithLabelValues(fst.id).SetToCurrentTime()
 	fst.log.Debug("latest.json written", "seq", r.seq, "keys", r.keys, "took", r.took)
 	if err := removeJournals(fst.dir, fst.journal.first); err != nil {
 		fst.log.Error("prune journals", "err", err)

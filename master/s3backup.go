@@ -92,6 +92,7 @@ func newS3Metrics(reg prometheus.Registerer, st *s3store.Store) (*s3Metrics, err
 }
 
 func newS3Backup(id string, opts *Options, m *metrics, sm *s3Metrics) *s3Backup {
+	m.edgeSeen(id)
 	return &s3Backup{
 		id: id, log: opts.Logger.With("edge", id), opts: opts, m: m, sm: sm, st: opts.Store,
 		compactC: make(chan compactResult, 1), lastSnap: time.Now(),
@@ -384,6 +385,9 @@ func (sb *s3Backup) compact() {
 		defer cancel()
 		seq, keys, err := sb.st.Compact(ctx, sb.id, inc)
 		sb.m.snapshotSeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			sb.m.snapshotTime.WithLabelValues(sb.id).SetToCurrentTime()
+		}
 		sb.compactC <- compactResult{seq: seq, keys: keys, err: err}
 	}()
 }

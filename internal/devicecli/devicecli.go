@@ -94,7 +94,7 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	if sub == "history" {
 		fs.DurationVar(&since, "since", 0, "history: only ops of the last DURATION (e.g. 1h, 30m); default all the edge keeps")
 	}
-	pos, err := cliutil.Parse(fs, args)
+	pos, err := cliutil.ParseConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}
