@@ -57,6 +57,9 @@ type Options struct {
 
 	// Backup bounds the change log and shapes the backup stream.
 	Backup BackupOptions
+	// Quota bounds each device's keys, bytes and write rate (quota.go);
+	// zero fields take the defaults (100,000 keys, 256 MiB, 5,000 ops/s).
+	Quota QuotaOptions
 
 	StoreFS vfs.FS // tests inject disk faults; default the OS
 	// MemTableSize is the store's memtable size in bytes; default
@@ -125,6 +128,7 @@ type Edge struct {
 	broker   *broker.Broker
 	http     *rest.Server
 	backup   *backup
+	sweeper  *sweeper
 
 	backupStarted bool
 
@@ -165,10 +169,11 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.c, err = newCommitter(e.store, e.log, reg, e.committed)
+	e.c, err = newCommitter(e.store, e.log, reg, opts.Quota, e.committed)
 	if err != nil {
 		return nil, err
 	}
+
 	mqttTLS, err := certs.ServerConfig(opts.TLSFiles, tls.RequireAndVerifyClientCert)
 	if err != nil {
 		return nil, err
@@ -217,6 +222,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	e.http.Serve()
 	e.backup.start()
 	e.backupStarted = true
+	e.sweeper = newSweeper(e.c, e.store, e.log) // its deletes publish acks: after the broker
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopWatch = cancel
 	e.wg.Add(1)
@@ -306,6 +312,9 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.http != nil {
 			errs = append(errs, e.http.Close(ctx))
+		}
+		if e.sweeper != nil {
+			e.sweeper.close() // before the committer it writes through
 		}
 		if e.c != nil {
 			e.c.close()

@@ -39,6 +39,9 @@ func edgeCmd(args []string) error {
 	s3Region := fs.String("s3-region", "", "with --restore-from s3://...: S3 region")
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
+	quotaKeys := fs.Int64("quota-keys", edge.DefaultQuotaKeys, "most live keys per device (0: no limit)")
+	quotaBytesS := fs.String("quota-bytes", "256MiB", "most stored key+value bytes per device (B, KiB, MiB, GiB; 0: no limit)")
+	rateOps := fs.Int64("rate-ops", edge.DefaultRateOps, "sustained ops per second per device, with a burst of 10 s of them (0: no limit)")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
 	if pos, err := cliutil.Parse(fs, args); err != nil {
 		return err
@@ -50,6 +53,19 @@ func edgeCmd(args []string) error {
 	}
 	if err := checkRestoreURL(*restoreFrom); err != nil {
 		return err
+	}
+	quotaBytes, err := parseBytes(*quotaBytesS)
+	if err != nil {
+		return cliutil.Usagef("edge: --quota-bytes: %v", err)
+	}
+	if *quotaKeys < 0 || *rateOps < 0 {
+		return cliutil.Usagef("edge: --quota-keys and --rate-ops must not be negative")
+	}
+	noLimit := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
 	}
 	log, err := lf.Logger()
 	if err != nil {
@@ -85,6 +101,7 @@ func edgeCmd(args []string) error {
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
 		MemTableSize: *memtable << 20,
 		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
+		Quota:        edge.QuotaOptions{Keys: noLimit(*quotaKeys), Bytes: noLimit(int64(quotaBytes)), RateOps: noLimit(*rateOps)},
 		Logger:       log,
 	}.WithLimits(*maxKey, *maxValue, *maxOps))
 	if err != nil {
