@@ -1,7 +1,6 @@
 package iotkv
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -260,16 +259,4 @@ type BackupConfirm struct {
 	Seq  uint64 `json:"seq,omitempty"`
 	Snap string `json:"snap,omitempty"`
 	Part int    `json:"part,omitempty"`
-}
-
-// DecodeStrict decodes one JSON object into v, refusing trailing data.
-func DecodeStrict(payload []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode"
@@ -13,13 +14,45 @@ import (
 	"github.com/iotkv/iotkv"
 )
 
+// stdDecodeBatch decodes as encoding/json does, with DecodeBatch's rules
+// for unknown fields and trailing data.
+func stdDecodeBatch(payload []byte) (iotkv.Batch, error) {
+	var b iotkv.Batch
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return b, err
+	}
+	// Not dec.More: it reports false before a stray ']' or '}'.
+	if len(bytes.Trim(payload[dec.InputOffset():], " \t\r\n")) > 0 { // JSON's whitespace only
+		return b, errors.New("trailing data")
+	}
+	return b, nil
+}
+
+func sameBatch(a, b iotkv.Batch) bool {
+	if a.Seq != b.Seq || len(a.Ops) != len(b.Ops) {
+		return false
+	}
+	for i := range a.Ops {
+		x, y := a.Ops[i], b.Ops[i]
+		if x.Op != y.Op || x.Key != y.Key || !bytes.Equal(x.Value, y.Value) || (x.Value == nil) != (y.Value == nil) ||
+			(x.TS == nil) != (y.TS == nil) || (x.TS != nil && *x.TS != *y.TS) {
+			return false
+		}
+	}
+	return true
+}
+
 // Small limits make the fuzzer reach every limit quickly.
 var fuzzLimits = iotkv.Limits{MaxKeyBytes: 16, MaxValueBytes: 64, MaxOps: 4, MaxBatchBytes: 512, MaxDepth: 4}
 
 // FuzzDecodeBatch: a batch payload comes straight from a device. Whatever
 // it holds, DecodeBatch must not panic, must refuse with an *iotkv.Error
 // (never an internal error) and must return no ops with a refusal; what it
-// accepts must obey every rule and survive a round trip.
+// accepts must obey every rule, read the same with json.Unmarshal (a
+// differential check: Unmarshal refuses trailing data on its own) and
+// survive a round trip.
 func FuzzDecodeBatch(f *testing.F) {
 	for _, s := range []string{
 		`{"seq":17,"ops":[{"op":"put","key":"temp","value":21.5,"ts":1764000000123},{"op":"del","key":"old"}]}`,
@@ -48,6 +81,14 @@ func FuzzDecodeBatch(f *testing.F) {
 		`{"seq":5,"ops":[{"op":"del","key":"sess","ttl":60}]}`,
 		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":1e3}]}`,
 		`null`, ``, `{}`,
+		`{"seq":21000000000000000000,"ops":[{"op":"del","key":"k"}]}`,
+		`{"SEQ":5,"Ops":[{"OP":"put","kEy":"k","Value":null,"TS":null}]}`,
+		`{"\u017feq":5,"ops":[null,{"op":"del","key":"k"}]}`,
+		`{"seq":5,"seq":6,"ops":[{"op":"del","key":"k"}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"k\ud800","value":{"a":1,"a":2}}]}`,
+		`{"seq":5.0,"ops":[{"op":"put","key":"k","value":1,"ts":1e3}]}`,
+		`{"seq":5,"ops":null}`, `{"seq":5,"ops":[{"op":"del","key":"k"}]}]`,
+		"{\"seq\":5,\"ops\":[{\"op\":\"del\",\"key\":\"k\"}]}\v",
 	} {
 		f.Add([]byte(s))
 	}
@@ -61,7 +102,20 @@ func FuzzDecodeBatch(f *testing.F) {
 			if len(b.Ops) != 0 {
 				t.Fatalf("a refused batch returned %d ops", len(b.Ops))
 			}
+			// Refusing what encoding/json would take is allowed: the
+			// decoder refuses a field named twice (encoding/json keeps
+			// the last).
 			return
+		}
+		// What DecodeBatch accepts, encoding/json reads the same way
+		// (with DisallowUnknownFields and no trailing data: stricter than
+		// json.Unmarshal, so this also holds it to json.Unmarshal).
+		std, stdErr := stdDecodeBatch(payload)
+		if stdErr != nil {
+			t.Fatalf("accepted, encoding/json refuses it: %v", stdErr)
+		}
+		if !sameBatch(b, std) {
+			t.Fatalf("decoders differ:\n DecodeBatch   %+v\n encoding/json %+v", b, std)
 		}
 		if !utf8.Valid(payload) {
 			t.Fatalf("accepted a batch that is not valid UTF-8: %q", payload)
@@ -112,7 +166,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	})
 }
 
-// FuzzValidateKey: an accepted key is what SPEC allows and nothing more,
+// FuzzValidateKey: an accepted key is what docs/protocol.md allows and nothing more,
 // holds no NUL (the store's separator) and round-trips through its topic.
 func FuzzValidateKey(f *testing.F) {
 	for _, s := range []string{"temp", "a/b/c", "/lead", "", "k\x00", "k\x7f", "k\u0085", "\xff\xfe", "ünï/cødé", "a+b#c", strings.Repeat("k", 17), "../../etc/passwd"} {
@@ -151,7 +205,7 @@ func FuzzValidateValue(f *testing.F) {
 }
 
 // FuzzParseDeviceTopic: a parsed topic names a valid device, and the kinds
-// the edge acts on are exactly the topics SPEC lists.
+// the edge acts on are exactly the topics docs/protocol.md lists.
 func FuzzParseDeviceTopic(f *testing.F) {
 	for _, s := range []string{
 		"iotkv/v1/devices/d1/batch", "iotkv/v1/devices/d1/kv/a/b", "iotkv/v1/devices/d1/status/ack",
@@ -251,4 +305,35 @@ func nesting(v []byte) int {
 			depth--
 		}
 	}
+}
+
+// FuzzDecodeStrict: the decoder of every untrusted document. Into an
+// interface it must agree with json.Unmarshal, which checks the whole input
+// (trailing data included) before decoding: same verdict, same value.
+// Into a struct, what it accepts json.Unmarshal reads the same way.
+func FuzzDecodeStrict(f *testing.F) {
+	for _, s := range []string{
+		`{"a":1}`, `{"a":1} `, "{\"a\":1}\v", `{"a":1}]`, `{"a":1}}`, `{"a":1} {}`, `[1,2]`, `"s"`, `1e999`,
+		`{"inc":"x","seq":3}`, `{"inc":"x","seq":3,"zzz":1}`, `{"inc":"x","seq":-1}`, ``, ` `, `null`,
+		"{\"inc\":\"\xff\"}", `{"inc":"\ud800"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got, want any
+		err := iotkv.DecodeStrict(data, &got)
+		stdErr := json.Unmarshal(data, &want)
+		if (err == nil) != (stdErr == nil) {
+			t.Fatalf("DecodeStrict: %v; json.Unmarshal: %v", err, stdErr)
+		}
+		if err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("DecodeStrict read %#v, json.Unmarshal %#v", got, want)
+		}
+		var c, stdC iotkv.BackupConfirm
+		if err := iotkv.DecodeStrict(data, &c); err == nil {
+			if err := json.Unmarshal(data, &stdC); err != nil || c != stdC {
+				t.Fatalf("DecodeStrict read %+v, json.Unmarshal %+v (%v)", c, stdC, err)
+			}
+		}
+	})
 }

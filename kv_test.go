@@ -98,7 +98,7 @@ func TestDecodeBatch(t *testing.T) {
 		code    string
 		seq     uint64 // the seq a refusal still reports
 	}{
-		{"the SPEC example", `{"seq":17,"ops":[{"op":"put","key":"temp","value":21.5,"ts":1764000000123},{"op":"del","key":"old"}]}`, "", 17},
+		{"the documented example", `{"seq":17,"ops":[{"op":"put","key":"temp","value":21.5,"ts":1764000000123},{"op":"del","key":"old"}]}`, "", 17},
 		{"a put of null", `{"seq":1,"ops":[{"op":"put","key":"k","value":null}]}`, "", 1},
 		{"not JSON", `{"seq":1,"ops":[`, iotkv.CodeInvalidJSON, 0},
 		{"an unknown field", `{"seq":1,"ops":[],"extra":1}`, iotkv.CodeInvalidJSON, 0},

@@ -4,7 +4,6 @@
 package accounts
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,13 +44,8 @@ var (
 // Parse decodes and validates an accounts file.
 func Parse(data []byte) (*File, error) {
 	var f File
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
+	if err := iotkv.DecodeStrict(data, &f); err != nil {
 		return nil, fmt.Errorf("parse accounts: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("parse accounts: trailing data")
 	}
 	seen := make(map[string]bool, len(f.Accounts))
 	for i, a := range f.Accounts {

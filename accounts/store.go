@@ -48,7 +48,6 @@ type Store struct {
 	opts    Options
 	log     *slog.Logger
 	workers chan struct{}
-	dummy   string // hash compared against for unknown names
 	flight  singleflight.Group
 	checks  atomic.Int64 // bcrypt comparisons run, for tests and metrics
 
@@ -56,6 +55,11 @@ type Store struct {
 	accounts map[string]Account
 	stamp    fileStamp
 	cache    map[[32]byte]struct{}
+	// dummyCost is the bcrypt cost of the file's accounts (the most
+	// common one; DefaultCost for an empty file); dummies holds a hash
+	// per cost, made on first use, compared against for unknown names.
+	dummyCost int
+	dummies   map[int]string
 }
 
 // fileStamp identifies a version of the file. The inode is part of it
@@ -84,12 +88,7 @@ func Open(opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Store{opts: opts, log: opts.Logger, workers: make(chan struct{}, opts.Workers)}
-	dummy, err := bcrypt.GenerateFromPassword([]byte("no such account"), MinCost)
-	if err != nil {
-		return nil, fmt.Errorf("accounts: %w", err)
-	}
-	s.dummy = string(dummy)
+	s := &Store{opts: opts, log: opts.Logger, workers: make(chan struct{}, opts.Workers), dummies: make(map[int]string)}
 	if _, err := s.Reload(); err != nil {
 		return nil, err
 	}
@@ -122,8 +121,9 @@ func (s *Store) Reload() (bool, error) {
 	for _, a := range f.Accounts {
 		m[a.Name] = a
 	}
+	cost := typicalCost(f.Accounts)
 	s.mu.Lock()
-	s.accounts, s.stamp = m, stamp
+	s.accounts, s.stamp, s.dummyCost = m, stamp, cost
 	s.cache = make(map[[32]byte]struct{})
 	s.mu.Unlock()
 	return true, nil
@@ -170,8 +170,13 @@ func (s *Store) Lookup(name string) (Account, bool) {
 func (s *Store) Verify(ctx context.Context, name, password string) (Account, bool, error) {
 	a, ok := s.Lookup(name)
 	if !ok {
-		// Spend the same time as a real check so names cannot be probed.
-		_ = s.compare(ctx, s.dummy, password)
+		// Spend the same time as a real check so names cannot be probed:
+		// the dummy hash has the cost of the file's accounts.
+		dummy, err := s.dummyHash()
+		if err != nil {
+			return Account{}, false, err
+		}
+		_ = s.compare(ctx, dummy, password)
 		return Account{}, false, ErrBadCredentials
 	}
 	key := cacheKey(a, password)
@@ -210,6 +215,50 @@ func (s *Store) Verify(ctx context.Context, name, password string) (Account, boo
 		return Account{}, false, fmt.Errorf("verify password: %w", ctx.Err())
 	}
 	return a, false, nil
+}
+
+// typicalCost is the most common bcrypt cost of accts (the higher one on a
+// tie), DefaultCost when there are none.
+func typicalCost(accts []Account) int {
+	n := make(map[int]int)
+	best := DefaultCost
+	for _, a := range accts {
+		c, err := bcrypt.Cost([]byte(a.Hash)) // Parse checked it
+		if err != nil {
+			continue
+		}
+		n[c]++
+		if n[c] > n[best] || (n[c] == n[best] && c > best) {
+			best = c
+		}
+	}
+	return best
+}
+
+// dummyHash returns the hash unknown names are checked against, at the
+// cost of the file's accounts; it is made once per cost.
+func (s *Store) dummyHash() (string, error) {
+	s.mu.RLock()
+	cost := s.dummyCost
+	h, ok := s.dummies[cost]
+	s.mu.RUnlock()
+	if ok {
+		return h, nil
+	}
+	v, err, _ := s.flight.Do(fmt.Sprintf("dummy/%d", cost), func() (any, error) {
+		h, err := bcrypt.GenerateFromPassword([]byte("no such account"), cost)
+		if err != nil {
+			return nil, fmt.Errorf("accounts: dummy hash at cost %d: %w", cost, err)
+		}
+		s.mu.Lock()
+		s.dummies[cost] = string(h)
+		s.mu.Unlock()
+		return string(h), nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(string), nil
 }
 
 // remember caches a verified credential unless the account changed since.

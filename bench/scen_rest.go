@@ -87,7 +87,7 @@ func (r *Runner) scenREST(ctx context.Context, sec *Section) error {
 	sec.Check("REST GET ≥ 0.8× plain net/http", x, x >= 0.8, "%.2f× (%s vs %s req/s)", x, fmtRate(cached.ReqPerS), fmtRate(base.ReqPerS))
 	sec.Note("Without the cache every request pays a cost-12 bcrypt check: %s req/s (%.4f× the baseline), p99 %.0f ms.", fmtRate(uncached.ReqPerS), ratio(uncached.ReqPerS, base.ReqPerS), uncached.P99ms)
 	if coldStart > 0 {
-		sec.Note("Cold start, cache on: 64 connections sending their first request at once with the same (not yet cached) credentials took %.2f s until all were answered (%.0f ms of bcrypt each at cost 12 on %d cores: concurrent misses of one credential are not coalesced, so each pays its own check).", coldStart.Seconds(), float64(bcryptCheck(readerCost))/float64(time.Millisecond), cores())
+		sec.Note("Cold start, cache on: 64 connections sending their first request at once with the same (not yet cached) credentials took %.2f s until all were answered; one cost-12 bcrypt check takes %.0f ms here (%d cores), and concurrent first requests with one credential share one check (singleflight in accounts).", coldStart.Seconds(), float64(bcryptCheck(readerCost))/float64(time.Millisecond), cores())
 	}
 	sec.Raw["cold_start_64_seconds"] = coldStart.Seconds()
 	if x < 0.8 && !r.Quick {

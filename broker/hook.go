@@ -246,16 +246,6 @@ func (h *hook) refused(cl *mqtt.Client, pk packets.Packet, r Result) {
 	}
 }
 
-// reasonCode maps a refusal to a v5 PUBACK reason code.
-//
-// Deliberate difference from SPEC: a batch over a limit gets 0x97 (quota
-// exceeded), not 0x95. 0x95 is not a valid PUBACK reason code (MQTT 5
-// §3.4.2.1 allows 0x00 0x10 0x80 0x83 0x87 0x90 0x91 0x97 0x99), and MQTT.js
-// treats it as a protocol error and drops the connection, so the batch would
-// be sent again forever. A packet above the maximum packet size gets the
-// connection closed by mochi (without the DISCONNECT 0x95 MQTT 5 asks
-// for); the limit is advertised in the CONNACK (OnPacketEncode). See
-// README "Limits".
 // redactTopic keeps keys (the kv topic's tail) and oversized names out of
 // logs.
 func redactTopic(topic string) string {
@@ -268,6 +258,15 @@ func redactTopic(topic string) string {
 	return topic
 }
 
+// reasonCode maps a refusal to a v5 PUBACK reason code.
+//
+// A batch over a limit gets 0x97 (quota exceeded), not 0x95. 0x95 is not
+// a valid PUBACK reason code (MQTT 5 §3.4.2.1 allows 0x00 0x10 0x80 0x83
+// 0x87 0x90 0x91 0x97 0x99), and MQTT.js treats it as a protocol error and
+// drops the connection, so the batch would be sent again forever. A packet above the maximum packet size gets the
+// connection closed by mochi (without the DISCONNECT 0x95 MQTT 5 asks
+// for); the limit is advertised in the CONNACK (OnPacketEncode). See
+// docs/protocol.md, "Refusals".
 func reasonCode(code string) packets.Code {
 	switch code {
 	case iotkv.CodeTooLarge:

@@ -43,7 +43,7 @@ func full() bool { return os.Getenv("IOTKV_CHAOS") == "full" }
 
 // TestChaos runs every scenario; each ends in its verification. The short
 // version (2-3 cycles each) runs in `make test`; IOTKV_CHAOS=full runs the
-// cycles of issue 8 and writes bench/results/chaos.md.
+// full cycles and writes bench/results/chaos.md.
 func TestChaos(t *testing.T) {
 	cy := Short
 	if full() {

@@ -1,4 +1,4 @@
-// Package chaos is the fault harness of issue 8: it runs the real iotkv
+// Package chaos is iotkv's fault harness: it runs the real iotkv
 // binaries (edge, master) and device processes (cmd/chaos-writer, the
 // device library behind a process that prints every promise it makes) on
 // loopback, injects faults, and verifies the promise of iotkv: nothing a

@@ -231,7 +231,7 @@ func changeLogTrace(dir string, lost []lostOp) (string, error) {
 	return strings.Join(lines, "\n") + "\n-- last changes --\n" + strings.Join(tail, "\n"), it.Error()
 }
 
-// latestDoc is latest.json as SPEC describes it.
+// latestDoc is latest.json as docs/protocol.md describes it.
 type latestDoc struct {
 	Edge    *string              `json:"edge"`
 	Seq     *uint64              `json:"seq"`

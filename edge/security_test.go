@@ -1,6 +1,6 @@
 package edge_test
 
-// Security tests of the edge (issue 9). Helpers used by every
+// Security tests of the edge. Helpers used by every
 // *security_test.go file of this package are here, prefixed sec so they
 // never collide with the functional tests' helpers.
 
@@ -388,7 +388,7 @@ func (env *secEnv) healthy(t *testing.T) {
 }
 
 // TestAuthorizationMatrix: every REST route × every kind of caller gets
-// exactly the status SPEC's roles imply.
+// exactly the status the roles of docs/protocol.md imply.
 func TestAuthorizationMatrix(t *testing.T) {
 	env := secStartWith(t, func(p *testenv.PKI) {
 		secIdentity(t, p, "edge-2", iotkv.RoleEdge) // an edge account that is not this edge

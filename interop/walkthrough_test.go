@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,8 @@ func walkthroughCommands(t *testing.T) []string {
 
 // readmeCommands returns the commands of the ```sh blocks of README.md
 // from the line starting with from to the next line starting with to, in
-// order, with continuation lines joined.
+// order, with continuation lines joined and every curl run with --fail (a
+// 401 or 404 is a failed step, not an answer).
 func readmeCommands(t *testing.T, from, to string) []string {
 	t.Helper()
 	readme, err := os.ReadFile("../README.md")
@@ -61,14 +63,20 @@ func readmeCommands(t *testing.T, from, to string) []string {
 				continue
 			}
 			cur.WriteString(line)
-			cmds = append(cmds, strings.Join(strings.Fields(cur.String()), " "))
+			cmds = append(cmds, curlFail(strings.Join(strings.Fields(cur.String()), " ")))
 			cur.Reset()
 		}
 	}
 	return cmds
 }
 
+// curlFail adds --fail to every curl of a shell command.
+func curlFail(cmd string) string {
+	return curlWord.ReplaceAllString(cmd, "${1}curl --fail ")
+}
+
 var (
+	curlWord = regexp.MustCompile(`(^|[\s;|&(])curl\s+`)
 	goBuild  = regexp.MustCompile(`go build .*-o (\S+) (\./cmd/\S+)$`)
 	httpAddr = regexp.MustCompile(`--http-addr :(\d+)`)
 )
@@ -178,4 +186,25 @@ func x509Pool(pem []byte) *x509.CertPool {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
 	return pool
+}
+
+// The walkthroughs' curl steps fail on an HTTP error: a README command
+// answered 404 must fail its step.
+func TestWalkthroughCurlFailsOnHTTPErrors(t *testing.T) {
+	testenv.RequireTool(t, "curl")
+	for in, want := range map[string]string{
+		"curl -s https://x/y | jq .":          "curl --fail -s https://x/y | jq .",
+		"until curl -s u; do sleep 1; done":   "until curl --fail -s u; do sleep 1; done",
+		"echo curling; (curl u)":              "echo curling; (curl --fail u)",
+		"go install example.com/curl@v1 && x": "go install example.com/curl@v1 && x",
+	} {
+		if got := curlFail(in); got != want {
+			t.Errorf("curlFail(%q) = %q, want %q", in, got, want)
+		}
+	}
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	if out, err := exec.Command("bash", "-c", curlFail("curl -s "+srv.URL+"/v1/kv/nope")).CombinedOutput(); err == nil {
+		t.Fatalf("a README curl step answered 404 passed: %s", out)
+	}
 }

@@ -33,8 +33,8 @@ import (
 // which forces an early snapshot), and a snapshot streams the old
 // latest.json through a merge with those changes into the new one. Memory
 // is O(changes per interval), not O(keys); the price is rewriting the file
-// every interval (1M keys: see the benchmark) which is also what SPEC asks
-// latest.json to be.
+// every interval (1M keys: see the benchmark), which is also what
+// docs/protocol.md promises of latest.json.
 const (
 	latestName   = "latest.json"
 	stateName    = "state.json"

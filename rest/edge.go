@@ -57,7 +57,7 @@ type EdgeOptions struct {
 //go:embed openapi.json
 var openAPI []byte
 
-// NewEdgeHandler routes every edge REST path of the SPEC.
+// NewEdgeHandler routes every edge REST path of docs/protocol.md.
 func NewEdgeHandler(o EdgeOptions) http.Handler {
 	o.Limits = o.Limits.WithDefaults()
 	if o.Logger == nil {
