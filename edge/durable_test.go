@@ -169,8 +169,8 @@ func TestUsageCountersAreExactAfterAPowerLossMidLoad(t *testing.T) {
 	stop := make(chan struct{})
 	var sent atomic.Int64
 	for i, dev := range devs {
+		c := r.v5(t, dev) // here: t.Fatal must not run in the writers
 		wg.Go(func() {
-			c := r.v5(t, dev)
 			rng := rand.New(rand.NewPCG(uint64(i), 7))
 			for seq := uint64(1); ; seq++ {
 				select {
@@ -199,8 +199,12 @@ func TestUsageCountersAreExactAfterAPowerLossMidLoad(t *testing.T) {
 			}
 		})
 	}
-	for sent.Load() < 150 {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); sent.Load() < 150; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("only %d batches acknowledged in a minute", sent.Load())
+		}
 	}
 	d.crash() // mid-load: the devices are still publishing
 	close(stop)
