@@ -27,6 +27,9 @@ type Account struct {
 	Name string     `json:"name"`
 	Role iotkv.Role `json:"role"`
 	Hash string     `json:"hash"`
+	// Disabled accounts are kept in the file but refused everywhere, as
+	// if deleted: logins fail, live sessions end, REST calls get 401.
+	Disabled bool `json:"disabled,omitempty"`
 }
 
 // File is the accounts file's content.
@@ -159,6 +162,16 @@ func (f *File) Del(name string) error {
 		return fmt.Errorf("%s: %w", name, ErrNotFound)
 	}
 	f.Accounts = append(f.Accounts[:i], f.Accounts[i+1:]...)
+	return nil
+}
+
+// SetDisabled disables or enables name.
+func (f *File) SetDisabled(name string, disabled bool) error {
+	i := f.index(name)
+	if i < 0 {
+		return fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	f.Accounts[i].Disabled = disabled
 	return nil
 }
 

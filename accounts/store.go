@@ -35,11 +35,16 @@ type Options struct {
 	Workers int
 	// PollInterval is how often Watch checks the file; default 1s.
 	PollInterval time.Duration
-	Logger       *slog.Logger
+	// OnChange runs after Watch loaded a changed file (the broker ends the
+	// sessions of deleted and disabled accounts there). Called from
+	// Watch's goroutine with no lock held.
+	OnChange func()
+	Logger   *slog.Logger
 }
 
 // Store is the live view of an accounts file: lookups, password checks with
-// a cache of verified credentials, and reloads when the file changes.
+// a cache of verified credentials, and reloads when the file changes. A
+// disabled account is left out of the view: to a server it does not exist.
 //
 // The cache is keyed by a hash of (name, password, stored hash): a wrong
 // password never matches an entry, and a changed password or a reload that
@@ -119,7 +124,9 @@ func (s *Store) Reload() (bool, error) {
 	}
 	m := make(map[string]Account, len(f.Accounts))
 	for _, a := range f.Accounts {
-		m[a.Name] = a
+		if !a.Disabled { // a disabled account is, to a server, no account
+			m[a.Name] = a
+		}
 	}
 	cost := typicalCost(f.Accounts)
 	s.mu.Lock()
@@ -143,6 +150,9 @@ func (s *Store) Watch(ctx context.Context) {
 				s.log.Warn("accounts reload failed; keeping the previous accounts", "path", s.opts.Path, "err", err)
 			} else if changed {
 				s.log.Info("accounts reloaded", "path", s.opts.Path, "accounts", s.Len())
+				if s.opts.OnChange != nil {
+					s.opts.OnChange()
+				}
 			}
 		}
 	}

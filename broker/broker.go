@@ -35,11 +35,15 @@ type Options struct {
 	Addr string // listen address; default ":8883"
 	// TLS is the server configuration; it must require and verify client
 	// certificates (certs.ServerConfig with tls.RequireAndVerifyClientCert).
-	TLS      *tls.Config
-	Accounts *accounts.Store       // required
-	Throttle *accounts.Throttle    // default accounts.NewThrottle()
-	Ingest   Ingest                // required: where device writes go
-	Metrics  prometheus.Registerer // default: a private registry
+	TLS *tls.Config
+	// PeerCheck, when set, refuses a client certificate at login and ends
+	// the session of one it later refuses (EndRevokedSessions): the CRL
+	// check of live.Certs.CheckPeer.
+	PeerCheck func(tls.ConnectionState) error
+	Accounts  *accounts.Store       // required
+	Throttle  *accounts.Throttle    // default accounts.NewThrottle()
+	Ingest    Ingest                // required: where device writes go
+	Metrics   prometheus.Registerer // default: a private registry
 
 	MaxPacketSize  uint32        // default 1 MiB
 	ConnectTimeout time.Duration // TLS handshake + CONNECT; default 10s

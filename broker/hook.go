@@ -61,7 +61,15 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	log := h.b.log.With("user", user, "remote", cl.Net.Remote)
 	cn := ""
 	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
-		cn = certs.PeerCN(tc.ConnectionState())
+		cs := tc.ConnectionState()
+		cn = certs.PeerCN(cs)
+		if h.b.opts.PeerCheck != nil {
+			if err := h.b.opts.PeerCheck(cs); err != nil {
+				h.b.metrics.authFailures.WithLabelValues("mqtt", "revoked").Inc()
+				log.Warn("mqtt login refused", "err", err)
+				return false
+			}
+		}
 	}
 	if cn == "" || cn != user {
 		h.b.metrics.authFailures.WithLabelValues("mqtt", "cn_mismatch").Inc()

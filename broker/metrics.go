@@ -13,6 +13,9 @@ type metrics struct {
 	rejects      *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
 	aclDenied    prometheus.Counter
+	// sessionsEnded counts live sessions ended for a revoked certificate
+	// or a deleted or disabled account.
+	sessionsEnded prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, server *mqtt.Server) (*metrics, error) {
@@ -29,11 +32,14 @@ func newMetrics(reg prometheus.Registerer, server *mqtt.Server) (*metrics, error
 		aclDenied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "iotkv_mqtt_acl_denied_total", Help: "Publishes and subscriptions refused by the ACL.",
 		}),
+		sessionsEnded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "iotkv_mqtt_sessions_ended_total", Help: "Live MQTT sessions ended because their certificate was revoked or their account deleted or disabled.",
+		}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "iotkv_mqtt_connected_clients", Help: "MQTT clients connected now.",
 	}, func() float64 { return float64(atomic.LoadInt64(&server.Info.ClientsConnected)) })
-	for _, c := range []prometheus.Collector{m.messages, m.rejects, m.authFailures, m.aclDenied, connected} {
+	for _, c := range []prometheus.Collector{m.messages, m.rejects, m.authFailures, m.aclDenied, m.sessionsEnded, connected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("broker: register metrics: %w", err)
 		}

@@ -39,16 +39,23 @@ func DefaultHosts() []string { return []string{"localhost", "127.0.0.1", "::1"} 
 // Paths are the files of one identity in a certificate directory.
 type Paths struct {
 	CA, Cert, Key string
+	// CRL is the revocation list servers enforce; a missing file means
+	// nothing is revoked yet (servers pick it up when it appears).
+	CRL string
 }
 
-// PathsFor returns dir/ca.crt, dir/name.crt and dir/name.key.
+// PathsFor returns dir/ca.crt, dir/name.crt, dir/name.key and dir/crl.pem.
 func PathsFor(dir, name string) Paths {
 	return Paths{
 		CA:   filepath.Join(dir, "ca.crt"),
 		Cert: filepath.Join(dir, name+".crt"),
 		Key:  filepath.Join(dir, name+".key"),
+		CRL:  filepath.Join(dir, CRLFile),
 	}
 }
+
+// CRLFile is the name of the revocation list in a certificate directory.
+const CRLFile = "crl.pem"
 
 // ErrExists is returned when a file would be overwritten without force.
 var ErrExists = errors.New("already exists (use --force to overwrite)")
@@ -104,19 +111,9 @@ type Request struct {
 // Issue signs a leaf certificate with the CA in dir and writes dir/NAME.crt
 // and dir/NAME.key (0600).
 func Issue(dir string, req Request) error {
-	if err := iotkv.ValidateName(req.Name); err != nil {
+	tmpl, err := leafTemplate(req)
+	if err != nil {
 		return fmt.Errorf("issue certificate: %w", err)
-	}
-	if req.Name == "ca" {
-		return fmt.Errorf("issue certificate: name %q is the CA's", req.Name)
-	}
-	server := false
-	switch req.Role {
-	case RoleEdge, RoleMaster:
-		server = true
-	case RoleDevice, RoleClient:
-	default:
-		return fmt.Errorf("issue certificate: unknown role %q (want edge, master, device or client)", req.Role)
 	}
 	p := PathsFor(dir, req.Name)
 	if !req.Force {
@@ -133,6 +130,31 @@ func Issue(dir string, req Request) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("generate key: %w", err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return fmt.Errorf("sign certificate for %s: %w", req.Name, err)
+	}
+	return writePair(p.Cert, p.Key, der, key)
+}
+
+// leafTemplate checks req and builds the certificate to sign: CN = name,
+// OU = role, client auth for every role and server auth with SANs for edge
+// and master.
+func leafTemplate(req Request) (*x509.Certificate, error) {
+	if err := iotkv.ValidateName(req.Name); err != nil {
+		return nil, err
+	}
+	if req.Name == "ca" {
+		return nil, fmt.Errorf("name %q is reserved", req.Name)
+	}
+	server := false
+	switch req.Role {
+	case RoleEdge, RoleMaster:
+		server = true
+	case RoleDevice, RoleClient:
+	default:
+		return nil, fmt.Errorf("unknown role %q (want edge, master, device or client)", req.Role)
 	}
 	days := req.Days
 	if days <= 0 {
@@ -153,7 +175,8 @@ func Issue(dir string, req Request) error {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		// Every identity is a client somewhere (an edge restores from the
 		// master, a master logs in to edges); servers also serve.
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true, // CA:FALSE, whatever a request asked for
 	}
 	if server {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
@@ -173,28 +196,64 @@ func Issue(dir string, req Request) error {
 			}
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return fmt.Errorf("sign certificate for %s: %w", req.Name, err)
-	}
-	return writePair(p.Cert, p.Key, der, key)
+	return tmpl, nil
 }
 
+// loadCA returns the CA certificate and key of dir. ca.crt may be a bundle
+// (old and new CA during a rotation): the certificate used is the one
+// ca.key belongs to.
 func loadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	p := PathsFor(dir, "ca")
-	pair, err := tls.LoadX509KeyPair(p.Cert, p.Key)
+	hint := fmt.Sprintf("(run 'iotkv certs init --dir %s' first)", dir)
+	keyPEM, err := os.ReadFile(p.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load CA from %s (run 'iotkv certs init --dir %s' first): %w", dir, dir, err)
+		return nil, nil, fmt.Errorf("load CA key %s %s: %w", p.Key, hint, err)
 	}
-	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	certPEM, err := os.ReadFile(p.Cert)
 	if err != nil {
-		return nil, nil, fmt.Errorf("parse CA certificate: %w", err)
+		return nil, nil, fmt.Errorf("load CA certificate %s %s: %w", p.Cert, hint, err)
 	}
-	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, nil, fmt.Errorf("CA key in %s is not ECDSA", p.Key)
+	cas, err := ParseCertificates(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load CA certificate %s: %w", p.Cert, err)
 	}
-	return cert, key, nil
+	for _, c := range cas {
+		pair, err := tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}), keyPEM)
+		if err != nil {
+			continue
+		}
+		key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
+		if !ok {
+			return nil, nil, fmt.Errorf("CA key in %s is not ECDSA", p.Key)
+		}
+		return c, key, nil
+	}
+	return nil, nil, fmt.Errorf("load CA from %s: no certificate in %s matches %s", dir, p.Cert, p.Key)
+}
+
+// ParseCertificates reads every CERTIFICATE block of a PEM bundle; it
+// fails on a bundle with none or with a block that does not parse.
+func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parse certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificate")
+	}
+	return out, nil
 }
 
 func writePair(crtPath, keyPath string, der []byte, key *ecdsa.PrivateKey) error {

@@ -5,8 +5,8 @@
 //
 // Goroutines and their owners: the committer's loop (commit.go, stopped by
 // Close after the broker stops accepting), the backup loop (backup.go,
-// stopped by Close after the committer and before the broker), the accounts watcher (stopped by
-// Close through its context), and those of the broker and the REST server
+// stopped by Close after the committer and before the broker), the accounts and TLS watchers (stopped
+// by Close through their context), and those of the broker and the REST server
 // (stopped by their Close). Lock order: committer.mu is never held while
 // calling out.
 package edge
@@ -29,6 +29,7 @@ import (
 	"github.com/iotkv/iotkv/accounts"
 	"github.com/iotkv/iotkv/broker"
 	"github.com/iotkv/iotkv/certs"
+	"github.com/iotkv/iotkv/certs/live"
 	"github.com/iotkv/iotkv/rest"
 )
 
@@ -52,6 +53,9 @@ type Options struct {
 
 	// AccountsPoll is how often the accounts file is checked; default 1s.
 	AccountsPoll time.Duration
+	// TLSPoll is how often the certificate, key, CA bundle and CRL are
+	// checked for a change; default 500ms (see live.Options.Poll).
+	TLSPoll time.Duration
 	// AuthCacheSize bounds the verified-credential cache; -1 disables it.
 	AuthCacheSize int
 
@@ -126,6 +130,7 @@ type Edge struct {
 	store    *Store
 	c        *committer
 	broker   *broker.Broker
+	tls      *live.Certs
 	http     *rest.Server
 	backup   *backup
 	sweeper  *sweeper
@@ -154,7 +159,7 @@ func Open(opts Options) (_ *Edge, err error) {
 			_ = e.Close(context.Background())
 		}
 	}()
-	e.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, CacheSize: opts.AuthCacheSize, Logger: e.log})
+	e.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, CacheSize: opts.AuthCacheSize, Logger: e.log, OnChange: e.endRevokedSessions})
 	if err != nil {
 		return nil, err
 	}
@@ -173,14 +178,14 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-
-	mqttTLS, err := certs.ServerConfig(opts.TLSFiles, tls.RequireAndVerifyClientCert)
+	e.tls, err = live.Open(live.Options{Files: opts.TLSFiles, Poll: opts.TLSPoll, OnChange: e.endRevokedSessions, Logger: e.log, Registry: reg})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	throttle := accounts.NewThrottle()
 	e.broker, err = broker.New(broker.Options{
-		Addr: opts.MQTTAddr, TLS: mqttTLS, Accounts: e.accounts, Throttle: throttle,
+		Addr: opts.MQTTAddr, TLS: e.tls.ServerConfig(tls.RequireAndVerifyClientCert), PeerCheck: e.tls.CheckPeer,
+		Accounts: e.accounts, Throttle: throttle,
 		Ingest: &ingest{c: e.c, limits: opts.Limits}, Metrics: reg,
 		MaxPacketSize: opts.MaxPacketSize, ConnectTimeout: opts.ConnectTimeout,
 		MaxClients: opts.MaxClients, MaxKeepalive: opts.MaxKeepalive, Logger: e.log,
@@ -196,10 +201,6 @@ func Open(opts Options) (_ *Edge, err error) {
 			return nil, fmt.Errorf("edge: subscribe backup %s: %w", kind, err)
 		}
 	}
-	httpTLS, err := certs.ServerConfig(opts.TLSFiles, httpAuth)
-	if err != nil {
-		return nil, err
-	}
 	auth, err := rest.NewAuthenticator(e.accounts, throttle, reg)
 	if err != nil {
 		return nil, err
@@ -212,7 +213,7 @@ func Open(opts Options) (_ *Edge, err error) {
 		KV: &kv{store: e.store, c: e.c, conn: e.connectedDevices}, Auth: auth, Metrics: metrics,
 		Gatherer: reg, Ready: e.Ready, Limits: opts.Limits, Logger: e.log,
 	})
-	e.http, err = rest.Listen(opts.HTTPAddr, httpTLS, handler, e.log)
+	e.http, err = rest.Listen(opts.HTTPAddr, e.tls.ServerConfig(httpAuth), rest.PeerCheck(e.tls.CheckPeer)(handler), e.log)
 	if err != nil {
 		return nil, err
 	}
@@ -225,13 +226,40 @@ func Open(opts Options) (_ *Edge, err error) {
 	e.sweeper = newSweeper(e.c, e.store, e.log) // its deletes publish acks: after the broker
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopWatch = cancel
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go func() {
 		defer e.wg.Done()
 		e.accounts.Watch(ctx)
 	}()
+	go func() {
+		defer e.wg.Done()
+		e.tls.Watch(ctx)
+	}()
 	e.log.Info("listening", "mqtt", e.MQTTAddr(), "https", e.HTTPAddr(), "data", opts.DataDir, "incarnation", e.store.Incarnation)
 	return e, nil
+}
+
+// Reload reads the accounts file, the certificate, key, CA bundle and CRL
+// now (SIGHUP) instead of at the next poll. Files that are refused leave
+// the ones in force; the error says why.
+func (e *Edge) Reload() error {
+	changed, aerr := e.accounts.Reload()
+	if aerr != nil {
+		e.log.Warn("accounts reload failed; keeping the previous accounts", "path", e.opts.Accounts, "err", aerr)
+	} else if changed {
+		e.log.Info("accounts reloaded", "path", e.opts.Accounts, "accounts", e.accounts.Len())
+		e.endRevokedSessions()
+	}
+	return errors.Join(aerr, e.tls.Reload())
+}
+
+// endRevokedSessions runs after the accounts or the CRL changed.
+func (e *Edge) endRevokedSessions() {
+	if e.broker != nil {
+		if n := e.broker.EndRevokedSessions(); n > 0 {
+			e.log.Info("ended sessions refused by the new accounts or CRL", "sessions", n)
+		}
+	}
 }
 
 // MQTTAddr is the bound MQTT/TLS address.

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -33,6 +34,7 @@ import (
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/accounts"
 	"github.com/iotkv/iotkv/certs"
+	"github.com/iotkv/iotkv/certs/live"
 	"github.com/iotkv/iotkv/rest"
 	"github.com/iotkv/iotkv/s3store"
 )
@@ -59,8 +61,11 @@ type Options struct {
 	// in memory; reaching it starts a snapshot early. Default 100,000.
 	MaxPending   int
 	AccountsPoll time.Duration
-	Logger       *slog.Logger
-	Registry     *prometheus.Registry
+	// TLSPoll is how often the certificate, key, CA bundle and CRL are
+	// checked for a change; default 500ms.
+	TLSPoll  time.Duration
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
 
 	// Store keeps the backups in object storage instead of DataDir
 	// (see s3edge.go). Then:
@@ -152,6 +157,7 @@ type Master struct {
 	follow   map[string]follower    // every edge, whatever the storage
 	order    []string
 	accounts *accounts.Store
+	tls      *live.Certs
 	http     *rest.Server
 
 	stopWatch context.CancelFunc
@@ -182,9 +188,9 @@ func Open(opts Options) (_ *Master, err error) {
 	if err != nil {
 		return nil, err
 	}
-	clientTLS, err := certs.ClientConfig(opts.TLSFiles)
+	m.tls, err = live.Open(live.Options{Files: opts.TLSFiles, Poll: opts.TLSPoll, Logger: m.log, Registry: opts.Registry})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("master: %w", err)
 	}
 	var sm *s3Metrics
 	if opts.Store != nil {
@@ -207,7 +213,7 @@ func Open(opts Options) (_ *Master, err error) {
 	}
 	for _, id := range m.order {
 		f := m.follow[id]
-		f.setClient(m.newClient(f, clientTLS.Clone()))
+		f.setClient(m.newClient(f, m.tls.ClientConfig(hostOf(f.edgeAddr()))))
 		go f.run()
 		f.mqtt().Connect() // with ConnectRetry it keeps trying in the background
 	}
@@ -230,21 +236,21 @@ func Open(opts Options) (_ *Master, err error) {
 	case "require":
 		clientAuth = tls.RequireAndVerifyClientCert
 	}
-	httpTLS, err := certs.ServerConfig(opts.TLSFiles, clientAuth)
-	if err != nil {
-		return nil, err
-	}
-	m.http, err = rest.Listen(opts.HTTPAddr, httpTLS, m.handler(auth, httpMetrics), m.log)
+	m.http, err = rest.Listen(opts.HTTPAddr, m.tls.ServerConfig(clientAuth), rest.PeerCheck(m.tls.CheckPeer)(m.handler(auth, httpMetrics)), m.log)
 	if err != nil {
 		return nil, err
 	}
 	m.http.Serve()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.stopWatch = cancel
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go func() {
 		defer m.wg.Done()
 		m.accounts.Watch(ctx)
+	}()
+	go func() {
+		defer m.wg.Done()
+		m.tls.Watch(ctx)
 	}()
 	where := opts.DataDir
 	if opts.Store != nil {
@@ -252,6 +258,26 @@ func Open(opts Options) (_ *Master, err error) {
 	}
 	m.log.Info("listening", "https", m.HTTPAddr(), "data", where, "edges", len(opts.Edges))
 	return m, nil
+}
+
+// Reload reads the accounts file, the certificate, key, CA bundle and CRL
+// now (SIGHUP) instead of at the next poll. Files that are refused leave
+// the ones in force; the error says why.
+func (m *Master) Reload() error {
+	_, aerr := m.accounts.Reload()
+	if aerr != nil {
+		m.log.Warn("accounts reload failed; keeping the previous accounts", "path", m.opts.Accounts, "err", aerr)
+	}
+	return errors.Join(aerr, m.tls.Reload())
+}
+
+// hostOf is the host of host:port, the name the edge's certificate must
+// carry.
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }
 
 // newClient makes a paho client that reconnects forever; each (re)connect

@@ -2,6 +2,7 @@ package rest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -116,6 +117,26 @@ func RequireRole(roles ...iotkv.Role) func(http.Handler) http.Handler {
 				}
 			}
 			WriteError(w, http.StatusForbidden, iotkv.CodeNotAuthorized, "role "+string(p.Role)+" may not do this")
+		})
+	}
+}
+
+// PeerCheck refuses, with 401 and the connection closed, a request on a
+// connection whose client certificate check now refuses (revoked since
+// the handshake): a keep-alive connection does not outlive a revocation.
+// The handshake itself refuses new connections with such a certificate.
+func PeerCheck(check func(tls.ConnectionState) error) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+				if err := check(*r.TLS); err != nil {
+					logFrom(r).Warn("rest request refused", "remote", r.RemoteAddr, "err", err)
+					w.Header().Set("Connection", "close")
+					unauthorized(w, "client certificate refused: "+err.Error())
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
 		})
 	}
 }

@@ -15,7 +15,11 @@ import (
 
 func certsCmd(args []string) error {
 	if len(args) == 0 {
-		return cliutil.Usagef("usage: iotkv certs init|issue --dir D ...")
+		return cliutil.Usagef("usage: iotkv certs init|issue|sign|revoke|crl|list --dir D ...")
+	}
+	switch args[0] {
+	case "sign", "revoke", "crl", "list":
+		return certsLifecycleCmd(args[0], args[1:])
 	}
 	fs := flag.NewFlagSet("certs "+args[0], flag.ContinueOnError)
 	dir := fs.String("dir", "", "certificate directory (required)")
@@ -54,12 +58,12 @@ func certsCmd(args []string) error {
 		fmt.Printf("wrote %s/%s.crt and %s/%s.key\n", *dir, *name, *dir, *name)
 		return nil
 	}
-	return cliutil.Usagef("certs: unknown subcommand %q (want init or issue)", args[0])
+	return cliutil.Usagef("certs: unknown subcommand %q (want init, issue, sign, revoke, crl or list)", args[0])
 }
 
 func usersCmd(args []string) error {
 	if len(args) == 0 {
-		return cliutil.Usagef("usage: iotkv users add|list|del|passwd --file F ...")
+		return cliutil.Usagef("usage: iotkv users add|list|del|passwd|disable|enable --file F ...")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("users "+sub, flag.ContinueOnError)
@@ -97,9 +101,13 @@ func usersCmd(args []string) error {
 	switch sub {
 	case "list":
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tROLE")
+		fmt.Fprintln(tw, "NAME\tROLE\tSTATE")
 		for _, a := range f.Accounts {
-			fmt.Fprintf(tw, "%s\t%s\n", a.Name, a.Role)
+			state := "enabled"
+			if a.Disabled {
+				state = "disabled"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", a.Name, a.Role, state)
 		}
 		return tw.Flush()
 	case "add":
@@ -125,8 +133,12 @@ func usersCmd(args []string) error {
 		if err := f.Del(*name); err != nil {
 			return err
 		}
+	case "disable", "enable":
+		if err := f.SetDisabled(*name, sub == "disable"); err != nil {
+			return err
+		}
 	default:
-		return cliutil.Usagef("users: unknown subcommand %q (want add, list, del or passwd)", sub)
+		return cliutil.Usagef("users: unknown subcommand %q (want add, list, del, passwd, disable or enable)", sub)
 	}
 	return f.Save(*file)
 }

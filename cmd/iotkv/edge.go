@@ -23,6 +23,7 @@ func edgeCmd(args []string) error {
 	httpAddr := fs.String("http-addr", ":8443", "HTTPS listen address")
 	restCert := fs.String("rest-client-cert", "optional", "none|optional|require")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
+	crl := fs.String("crl", "", "certificate revocation list to enforce (default D/crl.pem of --certs D when present; reloaded on change)")
 	maxPacket := fs.Uint("max-packet-size", 1<<20, "largest MQTT packet in bytes")
 	maxKey := fs.Int("max-key-bytes", 256, "longest key in bytes")
 	maxValue := fs.Int("max-value-bytes", 64<<10, "largest value in bytes")
@@ -71,7 +72,7 @@ func edgeCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	paths, err := tf.Paths(*id)
+	paths, err := tf.ServerPaths(*id, *crl)
 	if err != nil {
 		return err
 	}
@@ -111,7 +112,16 @@ func edgeCmd(args []string) error {
 		_ = e.Close(context.Background())
 		return err
 	}
-	<-ctx.Done()
+	hup, stopHup := cliutil.HangupSignals()
+	defer stopHup()
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading accounts and TLS files")
+			_ = e.Reload() // a refusal is logged; the files in force stay
+		case <-ctx.Done():
+		}
+	}
 	log.Info("shutting down: finishing writes in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -15,8 +15,8 @@ import (
 const usage = `usage: iotkv COMMAND [flags]
 
 commands:
-  certs init|issue     make the PKI
-  users add|list|del|passwd   manage the accounts file
+  certs init|issue|sign|revoke|crl|list   make and keep the PKI
+  users add|list|del|passwd|disable|enable   manage the accounts file
   edge                 run an edge server
   master               run the backup master
   device put|get|del|shell|simulate   act as a device

@@ -41,6 +41,7 @@ func masterCmd(args []string) error {
 	interval := fs.Duration("snapshot-interval", 10*time.Second, "how often latest.json is rewritten when something changed")
 	maxPending := fs.Int("max-pending", 100_000, "keys changed since latest.json held in memory before an early snapshot")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
+	crl := fs.String("crl", "", "certificate revocation list to enforce (default D/crl.pem of --certs D when present; reloaded on change)")
 	if pos, err := cliutil.Parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -75,7 +76,7 @@ func masterCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	paths, err := tf.Paths(*name)
+	paths, err := tf.ServerPaths(*name, *crl)
 	if err != nil {
 		return err
 	}
@@ -107,7 +108,16 @@ func masterCmd(args []string) error {
 		_ = m.Close(context.Background())
 		return err
 	}
-	<-ctx.Done()
+	hup, stopHup := cliutil.HangupSignals()
+	defer stopHup()
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading accounts and TLS files")
+			_ = m.Reload() // a refusal is logged; the files in force stay
+		case <-ctx.Done():
+		}
+	}
 	log.Info("shutting down: journaling what is in flight, writing latest.json")
 	sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

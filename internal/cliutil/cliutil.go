@@ -160,9 +160,36 @@ func (t *TLSFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&t.Key, "key", "", "private key (overrides --certs)")
 }
 
+// ServerPaths is Paths for a server, with the CRL it enforces: crl, or
+// D/crl.pem of --certs D (which may not exist yet: the server picks it up
+// when it appears). A crl given explicitly must exist.
+func (t *TLSFlags) ServerPaths(name, crl string) (certs.Paths, error) {
+	p, err := t.Paths(name)
+	if err != nil {
+		return p, err
+	}
+	if crl != "" {
+		if _, err := os.Stat(crl); err != nil {
+			return p, Usagef("--crl: %v", err)
+		}
+		p.CRL = crl
+	}
+	return p, nil
+}
+
+// HangupSignals delivers SIGHUP (reload the files now) until stop.
+func HangupSignals() (<-chan os.Signal, func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	return ch, func() { signal.Stop(ch) }
+}
+
 // Paths returns the files of identity name.
 func (t *TLSFlags) Paths(name string) (certs.Paths, error) {
 	p := certs.PathsFor(t.Dir, name)
+	if t.Dir == "" {
+		p.CRL = ""
+	}
 	if t.CA != "" {
 		p.CA = t.CA
 	}

@@ -1,5 +1,5 @@
 // Package devicecli is the device subcommands, shared by iotkv and the
-// slim iotkv-device binary: put, get, del, shell and simulate.
+// slim iotkv-device binary: put, get, del, shell, simulate and enroll.
 package devicecli
 
 import (
@@ -20,13 +20,14 @@ import (
 	"github.com/iotkv/iotkv/internal/cliutil"
 )
 
-const usage = `usage: device put [--ttl S] KEY VALUE | get KEY | del KEY | shell | simulate [flags]
+const usage = `usage: device put [--ttl S] KEY VALUE | get KEY | del KEY | shell | simulate | enroll [flags]
 
 flags (before or after the arguments):
   --name N --password-file F --certs D [--ca F --cert F --key F]
   --edge host:8883 --rest https://host:8443 --queue DIR
   --queue-max-bytes B --flush-timeout T --log-level L --log-format F
-simulate: --devices N --rate R --duration T [--verify] [--prefix sim-] [--accounts F] [--keys K]`
+simulate: --devices N --rate R --duration T [--verify] [--prefix sim-] [--accounts F] [--keys K]
+enroll: --name N --certs D [--force]  (makes D/N.key and D/N.csr for 'iotkv certs sign')`
 
 // Run runs `device SUBCOMMAND ...` with the process's standard streams.
 func Run(args []string) error {
@@ -45,11 +46,13 @@ func RunIO(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runDevice(sub, rest, stdin, stdout)
 	case "simulate":
 		return runSimulate(rest, stdout, stderr)
+	case "enroll":
+		return runEnroll(rest, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usage)
 		return nil
 	}
-	return cliutil.Usagef("device: unknown subcommand %q (want put, get, del, shell or simulate)", sub)
+	return cliutil.Usagef("device: unknown subcommand %q (want put, get, del, shell, simulate or enroll)", sub)
 }
 
 // flags are what every device subcommand takes.
