@@ -114,6 +114,12 @@ func TestDecodeBatch(t *testing.T) {
 		{"an unknown op", `{"seq":7,"ops":[{"op":"inc","key":"k"}]}`, iotkv.CodeInvalidBatch, 7},
 		{"a put without a value", `{"seq":8,"ops":[{"op":"put","key":"k"}]}`, iotkv.CodeInvalidBatch, 8},
 		{"a del with a value", `{"seq":9,"ops":[{"op":"del","key":"k","value":1}]}`, iotkv.CodeInvalidBatch, 9},
+		{"field names in another case, as encoding/json matches them", `{"SEQ":11,"Ops":[{"OP":"del","Key":"k"}]}`, "", 11},
+		{"a field named twice", `{"seq":12,"seq":13,"ops":[{"op":"del","key":"k"}]}`, iotkv.CodeInvalidJSON, 0},
+		{"a field named twice in another case", `{"seq":12,"ops":[{"op":"del","key":"k","KEY":"j"}]}`, iotkv.CodeInvalidJSON, 0},
+		{"a fractional seq", `{"seq":1.5,"ops":[{"op":"del","key":"k"}]}`, iotkv.CodeInvalidJSON, 0},
+		{"a ts that is not an integer", `{"seq":14,"ops":[{"op":"put","key":"k","value":1,"ts":1e3}]}`, iotkv.CodeInvalidJSON, 0},
+		{"ops that are not an array", `{"seq":15,"ops":{"op":"del","key":"k"}}`, iotkv.CodeInvalidJSON, 0},
 		{"a bad key in the second op", `{"seq":10,"ops":[{"op":"del","key":"ok"},{"op":"del","key":"/bad"}]}`, iotkv.CodeInvalidKey, 10},
 	}
 	for _, tc := range cases {

@@ -143,7 +143,14 @@ func capabilities(o Options) *mqtt.Capabilities {
 	c := mqtt.NewDefaultServerCapabilities()
 	c.MaximumPacketSize = o.MaxPacketSize
 	c.MaximumClients = o.MaxClients
-	c.MaximumClientWritesPending = 1024
+	// A client's queue of messages for it to read (mochi makes it a
+	// buffered channel at connect: 8 bytes a slot, 8 KiB per client at
+	// 1024). Devices are sent only their status/ack and status/error;
+	// when a client does not read, messages beyond it are dropped (and
+	// counted), and the retained cumulative status/ack still tells the
+	// device where it stands. 1024 -> 64 cut the edge's RSS growth per
+	// connected device from 3.1x to 2.9x mosquitto's (same run).
+	c.MaximumClientWritesPending = 64
 	c.ReceiveMaximum = uint16(min(o.InflightPerClient, 65535))
 	c.MaximumSessionExpiryInterval = 3600
 	// 0: no forced expiry. With a maximum, mochi deletes every retained

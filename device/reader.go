@@ -114,3 +114,40 @@ func escapeKey(key string) string {
 	}
 	return strings.Join(parts, "/")
 }
+
+// HistoryItem is one op of a key's history on the edge.
+type HistoryItem struct {
+	Op    string          `json:"op"`
+	Value json.RawMessage `json:"value"`
+	TS    *int64          `json:"ts"`
+	Seq   uint64          `json:"seq"` // the edge's change seq
+	At    int64           `json:"at"`  // the edge's clock when committed, ms
+}
+
+// History returns the ops of key committed at or after since (ms since
+// the epoch; 0 for all the edge keeps), oldest first, following pages.
+func (r *Reader) History(ctx context.Context, key string, since int64) ([]HistoryItem, error) {
+	var all []HistoryItem
+	var after uint64
+	for {
+		q := url.Values{"limit": {"1000"}}
+		if since > 0 {
+			q.Set("since", strconv.FormatInt(since, 10))
+		}
+		if after > 0 {
+			q.Set("after", strconv.FormatUint(after, 10))
+		}
+		var page struct {
+			Items []HistoryItem `json:"items"`
+			Next  uint64        `json:"next"`
+		}
+		if err := r.do(ctx, "/v1/history/"+url.PathEscape(r.name)+"/"+escapeKey(key)+"?"+q.Encode(), &page); err != nil {
+			return nil, fmt.Errorf("device %s: history %q: %w", r.name, key, err)
+		}
+		all = append(all, page.Items...)
+		if page.Next == 0 || len(page.Items) == 0 {
+			return all, nil
+		}
+		after = page.Next
+	}
+}

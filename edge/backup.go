@@ -88,15 +88,22 @@ type backup struct {
 
 	last     atomic.Uint64 // last committed change seq
 	logBytes atomic.Int64  // bytes of the change log
-	wake     chan struct{} // cap 1: something was committed
-	in       chan inbound  // requests and confirms from the master
-	stop     chan struct{}
-	done     chan struct{}
+	// History: how long the log is kept for it, the bytes of its index,
+	// and the oldest change still in the log (loop writes it, readers of
+	// history and watch read it).
+	hist       HistoryOptions
+	indexBytes atomic.Int64
+	oldest     atomic.Uint64
+	wake       chan struct{} // cap 1: something was committed
+	in         chan inbound  // requests and confirms from the master
+	stop       chan struct{}
+	done       chan struct{}
 
 	// Owned by loop.
 	first     uint64 // oldest change in the log; last+1 when empty
 	confirmed uint64
 	sess      *session
+	head      *logEntry // the change at first, when known: trims skip reading it again
 }
 
 type inbound struct {
@@ -120,11 +127,12 @@ type sentMsg struct {
 	bytes int64
 }
 
-func newBackup(id string, store *Store, log *slog.Logger, opts BackupOptions, reg prometheus.Registerer,
+func newBackup(id string, store *Store, log *slog.Logger, opts BackupOptions, hist HistoryOptions, reg prometheus.Registerer,
 	publish func(string, []byte) error) (*backup, error) {
 	opts.setDefaults()
+	hist.setDefaults()
 	b := &backup{
-		id: id, inc: store.Incarnation, store: store, log: log.With("component", "backup"), opts: opts,
+		id: id, inc: store.Incarnation, store: store, log: log.With("component", "backup"), opts: opts, hist: hist,
 		publish: publish, now: time.Now,
 		wake: make(chan struct{}, 1), in: make(chan inbound, 256),
 		stop: make(chan struct{}), done: make(chan struct{}),
@@ -151,6 +159,12 @@ func newBackup(id string, store *Store, log *slog.Logger, opts BackupOptions, re
 	if err != nil {
 		return nil, fmt.Errorf("backup: read change log: %w", err)
 	}
+	ib, err := store.historyIndexBytes()
+	if err != nil {
+		return nil, err
+	}
+	b.indexBytes.Store(ib)
+	b.oldest.Store(b.first)
 	b.m.logChanges.Set(float64(n))
 	return b, nil
 }
@@ -183,6 +197,7 @@ func (b *backup) committed(c committed) {
 	}
 	b.last.Store(c.changes[len(c.changes)-1].Seq)
 	b.logBytes.Add(c.logBytes)
+	b.indexBytes.Add(c.indexBytes)
 	b.m.logChanges.Add(float64(len(c.changes)))
 	select {
 	case b.wake <- struct{}{}:
@@ -232,6 +247,7 @@ func (b *backup) loop() {
 		case <-b.stop:
 			return
 		case <-b.wake:
+			b.trim(trimPerPass)
 		case in := <-b.in:
 			b.handle(in)
 		drain:
@@ -245,7 +261,11 @@ func (b *backup) loop() {
 			}
 		case <-tick.C:
 			b.hello()
-			b.trim()
+			for range trimPerTick / trimPerPass {
+				if b.trim(trimPerPass) < trimPerPass {
+					break
+				}
+			}
 			if s := b.sess; s != nil && len(s.outstanding) > 0 && b.now().Sub(s.lastAck) > b.opts.SessionTimeout {
 				b.log.Warn("backup session ended: the master stopped confirming", "next", s.next)
 				b.endSession()
@@ -466,53 +486,79 @@ func (b *backup) hello() {
 	}
 }
 
-// trim drops changes the master confirmed, and older ones when retention
-// forces it. It never runs ahead of what the committer wrote.
-func (b *backup) trim() {
+// Trimming is bounded work: one pass drops at most trimPerPass changes
+// (twice the largest group commit, so passes run after each group keep up
+// with ingest), and the hello tick runs passes up to trimPerTick.
+const (
+	trimPerPass = 2 * maxGroupOps
+	trimPerTick = 200_000
+)
+
+// trim drops the oldest changes that neither the master nor history needs
+// any more (retention), with their history index entries, in one batch,
+// and returns how many it dropped (at most max). It never runs ahead of
+// what the committer wrote.
+func (b *backup) trim(max int64) int64 {
 	last := b.last.Load()
 	if b.first > last {
-		return
+		return 0
 	}
-	count := int64(last - b.first + 1)
-	bytes := b.logBytes.Load()
-	minAge := b.now().Add(-b.opts.RetainAge).UnixMilli()
+	r := retention{backup: b.opts, history: b.hist, now: b.now(), confirmed: b.confirmed,
+		count: int64(last - b.first + 1), logBytes: b.logBytes.Load(), hBytes: b.indexBytes.Load()}
+	if b.head != nil {
+		if ok, _ := r.drop(b.first, *b.head); !ok {
+			return 0 // the oldest change stays: nothing to read
+		}
+	}
 	it, err := b.store.db.NewIter(&pebble.IterOptions{LowerBound: changeKey(b.first), UpperBound: changeKey(last + 1)})
 	if err != nil {
 		b.log.Error("backup trim", "err", err)
-		return
+		return 0
 	}
+	batch := b.store.db.NewBatch()
+	defer batch.Close()
 	newFirst, dropped := b.first, int64(0)
 	var forced uint64
-	const maxPerTick = 200_000
-	for ok := it.First(); ok && dropped < maxPerTick; ok = it.Next() {
+	var droppedBytes, droppedIndex int64
+	var head *logEntry
+	for ok := it.First(); ok; ok = it.Next() {
 		seq := decodeChangeKey(it.Key())
-		must := seq <= b.confirmed || count-dropped > b.opts.RetainChanges || bytes > b.opts.RetainBytes
-		if !must {
-			var c struct {
-				UpdatedAt int64 `json:"updated_at"`
-			}
-			must = json.Unmarshal(it.Value(), &c) == nil && c.UpdatedAt < minAge
-		}
-		if !must {
+		var e logEntry
+		if err := json.Unmarshal(it.Value(), &e); err != nil {
+			b.log.Error("backup trim: undecodable change; dropping it", "seq", seq, "err", err)
+		} else if ok, f := r.drop(seq, e); !ok || dropped == max {
+			head = &e
 			break
-		}
-		if seq > b.confirmed {
+		} else if f {
 			forced++
 		}
-		bytes -= int64(len(it.Value()))
+		if e.Device != "" && (b.store.indexHistory || r.hBytes > 0) {
+			_ = batch.Delete(historyKey(e.Device, e.Key, seq), nil)
+			n := indexBytes(e.Device, e.Key)
+			r.hBytes -= n
+			droppedIndex += n
+		}
+		r.logBytes -= int64(len(it.Value()))
+		droppedBytes += int64(len(it.Value()))
+		r.count--
 		dropped++
 		newFirst = seq + 1
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		b.log.Error("backup trim", "err", err)
-		return
+		return 0
 	}
+	b.head = head
 	if dropped == 0 {
-		return
+		return 0
 	}
-	if err := b.store.db.DeleteRange(changeKey(b.first), changeKey(newFirst), pebble.NoSync); err != nil {
+	_ = batch.DeleteRange(changeKey(b.first), changeKey(newFirst), nil)
+	// Not synced: a trim lost in a crash is done again, and the batch
+	// drops changes and their index entries together.
+	if err := batch.Commit(pebble.NoSync); err != nil {
 		b.log.Error("backup trim", "err", err)
-		return
+		b.head = nil
+		return 0
 	}
 	if forced > 0 {
 		b.m.forcedTrims.Inc()
@@ -521,10 +567,14 @@ func (b *backup) trim() {
 			"from", b.first, "to", newFirst-1, "unconfirmed", forced, "confirmed", b.confirmed,
 			"retain_changes", b.opts.RetainChanges, "retain_bytes", b.opts.RetainBytes, "retain_age", b.opts.RetainAge)
 	}
-	b.logBytes.Store(bytes)
+	// committed adds concurrently: subtract, never Store.
+	b.logBytes.Add(-droppedBytes)
+	b.indexBytes.Add(-droppedIndex)
 	b.first = newFirst
-	b.m.logChanges.Sub(float64(dropped)) // committed adds concurrently: never Set here
+	b.oldest.Store(newFirst)
+	b.m.logChanges.Sub(float64(dropped))
 	b.m.trimmed.Add(float64(dropped))
+	return dropped
 }
 
 // snapSender reads a consistent full state from a Pebble snapshot, in

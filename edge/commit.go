@@ -44,9 +44,10 @@ type commitResult struct {
 
 // committed is what one group commit made durable, for the observers.
 type committed struct {
-	changes  []Change
-	acks     map[string]iotkv.AckMessage // device -> its status/ack
-	logBytes int64                       // bytes the changes take in the change log
+	changes    []Change
+	acks       map[string]iotkv.AckMessage // device -> its status/ack
+	logBytes   int64                       // bytes the changes take in the change log
+	indexBytes int64                       // bytes their history index entries take
 }
 
 // committer is the single goroutine that owns the write path: it takes the
@@ -145,17 +146,18 @@ func (c *committer) close() {
 
 // group is one group commit on its way through the pipeline.
 type group struct {
-	reqs     []*writeReq
-	batch    *pebble.Batch // nil when the group failed before reaching Pebble
-	err      error         // set: every write of the group fails
-	results  []commitResult
-	pending  map[string]devState // the devices this group touches
-	changes  []Change
-	logBytes int64
-	nops     int
-	start    time.Time
-	recs     map[string]recInfo // records this group wrote, by record key
-	snap     *pebble.Snapshot   // the store just after this group: published once it is durable
+	reqs       []*writeReq
+	batch      *pebble.Batch // nil when the group failed before reaching Pebble
+	err        error         // set: every write of the group fails
+	results    []commitResult
+	pending    map[string]devState // the devices this group touches
+	changes    []Change
+	logBytes   int64
+	indexBytes int64
+	nops       int
+	start      time.Time
+	recs       map[string]recInfo // records this group wrote, by record key
+	snap       *pebble.Snapshot   // the store just after this group: published once it is durable
 }
 
 // loop builds each group and applies it to Pebble without waiting for the
@@ -272,6 +274,9 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			buf = appendChange(buf[:0], ch)
 			_ = batch.Set(changeKey(cseq), buf, nil)
 			g.logBytes += int64(len(buf))
+			if c.store.indexHistory {
+				g.indexBytes += indexChange(batch, &ch)
+			}
 			g.changes = append(g.changes, ch)
 		}
 		g.results[i].records = recs
@@ -390,7 +395,7 @@ func (c *committer) syncLoop() {
 			for d, st := range g.pending {
 				acks[d] = iotkv.AckMessage{Seq: st.seq, Refused: st.refused}
 			}
-			c.onCommit(committed{changes: g.changes, acks: acks, logBytes: g.logBytes})
+			c.onCommit(committed{changes: g.changes, acks: acks, logBytes: g.logBytes, indexBytes: g.indexBytes})
 		}
 	}
 }

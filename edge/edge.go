@@ -64,6 +64,10 @@ type Options struct {
 	// Quota bounds each device's keys, bytes and write rate (quota.go);
 	// zero fields take the defaults (100,000 keys, 256 MiB, 5,000 ops/s).
 	Quota QuotaOptions
+	// History keeps the change log longer for GET /v1/history; Watch
+	// bounds the live watchers of GET /v1/watch.
+	History HistoryOptions
+	Watch   WatchOptions
 
 	StoreFS vfs.FS // tests inject disk faults; default the OS
 	// MemTableSize is the store's memtable size in bytes; default
@@ -134,6 +138,7 @@ type Edge struct {
 	http     *rest.Server
 	backup   *backup
 	sweeper  *sweeper
+	hub      *hub
 
 	backupStarted bool
 
@@ -163,14 +168,18 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize})
+	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize, NoHistory: opts.History.Off})
 	if err != nil {
 		return nil, err
 	}
 	reg := opts.Registry
-	e.backup, err = newBackup(opts.ID, e.store, e.log, opts.Backup, reg, func(topic string, payload []byte) error {
+	e.backup, err = newBackup(opts.ID, e.store, e.log, opts.Backup, opts.History, reg, func(topic string, payload []byte) error {
 		return e.broker.Publish(topic, payload, 0)
 	})
+	if err != nil {
+		return nil, err
+	}
+	e.hub, err = newHub(opts.Watch, e.store, e.backup.last.Load(), e.backup.oldest.Load, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -209,8 +218,12 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var history rest.History
+	if !opts.History.Off {
+		history = &historyReader{store: e.store, durable: e.backup.last.Load}
+	}
 	handler := rest.NewEdgeHandler(rest.EdgeOptions{
-		KV: &kv{store: e.store, c: e.c, conn: e.connectedDevices}, Auth: auth, Metrics: metrics,
+		KV: &kv{store: e.store, c: e.c, conn: e.connectedDevices}, History: history, Watcher: e.hub, Auth: auth, Metrics: metrics,
 		Gatherer: reg, Ready: e.Ready, Limits: opts.Limits, Logger: e.log,
 	})
 	e.http, err = rest.Listen(opts.HTTPAddr, e.tls.ServerConfig(httpAuth), rest.PeerCheck(e.tls.CheckPeer)(handler), e.log)
@@ -302,6 +315,7 @@ func (e *Edge) committed(c committed) {
 	if e.backup != nil {
 		e.backup.committed(c)
 	}
+	e.hub.publish(c.changes)
 }
 
 // backupSubID numbers the broker's in-process subscriptions of the backup
@@ -337,6 +351,9 @@ func (e *Edge) Close(ctx context.Context) error {
 		var errs []error
 		if e.broker != nil {
 			e.broker.StopAccepting()
+		}
+		if e.hub != nil {
+			e.hub.close() // ends the watch streams, which would hold the REST server's shutdown
 		}
 		if e.http != nil {
 			errs = append(errs, e.http.Close(ctx))

@@ -75,6 +75,9 @@ func (c *committer) applyExpiry(g *group, batch *pebble.Batch, r *writeReq, st *
 		buf = appendChange(buf[:0], ch)
 		_ = batch.Set(changeKey(cseq), buf, nil)
 		g.logBytes += int64(len(buf))
+		if c.store.indexHistory {
+			g.indexBytes += indexChange(batch, &ch)
+		}
 		g.changes = append(g.changes, ch)
 		st.keys--
 		st.bytes -= old.size

@@ -23,7 +23,8 @@ import (
 //
 //	r\0{device}\0{key}  -> storedRecord (JSON)
 //	d\0{device}         -> deviceMeta (JSON)
-//	c\0{changeSeq:8 BE} -> Change (JSON): the change log the backup stream reads
+//	c\0{changeSeq:8 BE} -> Change (JSON): the change log the backup stream and history read
+//	h\0{device}\0{key}\0{changeSeq:8 BE} -> at: the history index (history.go)
 //	x\0{expiry ms:8 BE}{device}\0{key} -> empty: the expiry index (expiry.go)
 //	m\0...              -> edge metadata (incarnation, change seq, usage marker)
 var (
@@ -107,6 +108,8 @@ type Store struct {
 	// (durable.go). Until the committer publishes one, reads go to Pebble.
 	view durableView
 	now  func() time.Time // the clock reads check expiry against
+	// indexHistory: the committer writes the history index.
+	indexHistory bool
 }
 
 // StoreOptions configure OpenStore.
@@ -118,6 +121,8 @@ type StoreOptions struct {
 	// DefaultMemTableSize. Pebble keeps up to two (and grows the first
 	// from 256 KiB), so memory stays small on an idle edge.
 	MemTableSize uint64
+	// NoHistory: the committer writes no history index (HistoryOptions.Off).
+	NoHistory bool
 }
 
 // DefaultMemTableSize is 32 MiB. Pebble's default (4 MiB) flushes so
@@ -142,7 +147,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, log: o.Logger, now: time.Now}
+	s := &Store{db: db, dir: dir, log: o.Logger, now: time.Now, indexHistory: !o.NoHistory}
 	inc, err := s.get(keyIncarn)
 	switch {
 	case err == nil:

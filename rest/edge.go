@@ -46,6 +46,8 @@ type DeviceInfo struct {
 // EdgeOptions configure the edge's handler.
 type EdgeOptions struct {
 	KV       KV
+	History  History // nil: the history routes answer 404
+	Watcher  Watcher // nil: the watch routes answer 404
 	Auth     *Authenticator
 	Metrics  *Metrics
 	Gatherer prometheus.Gatherer // what /metrics shows
@@ -79,6 +81,13 @@ func NewEdgeHandler(o EdgeOptions) http.Handler {
 		r.Get("/v1/kv/{device}/*", h.get)
 		r.Put("/v1/kv/{device}/*", h.put)
 		r.Delete("/v1/kv/{device}/*", h.del)
+		if o.History != nil {
+			r.Get("/v1/history/{device}/*", h.history)
+		}
+		if o.Watcher != nil {
+			r.Get("/v1/watch/{device}", h.watchDevice)
+			r.With(RequireRole(iotkv.RoleReader, iotkv.RoleWriter, iotkv.RoleAdmin)).Get("/v1/watch", h.watchFleet)
+		}
 		r.Get("/get", h.seedGet)
 		r.Get("/put", h.seedPut)
 		r.Get("/delete", h.seedDelete)

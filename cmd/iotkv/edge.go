@@ -44,6 +44,12 @@ func edgeCmd(args []string) error {
 	quotaBytesS := fs.String("quota-bytes", "256MiB", "most stored key+value bytes per device (B, KiB, MiB, GiB; 0: no limit)")
 	rateOps := fs.Int64("rate-ops", edge.DefaultRateOps, "sustained ops per second per device, with a burst of 10 s of them (0: no limit)")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
+	histRetain := &durationValue{7 * 24 * time.Hour}
+	fs.Var(histRetain, "history-retain", "how long the history of every key is kept (GET /v1/history), e.g. 7d; 0 turns history off")
+	histBytes := &bytesValue{1 << 30}
+	fs.Var(histBytes, "history-max-bytes", "most bytes of history (change log and index) the edge keeps, e.g. 1GiB")
+	maxWatchers := fs.Int("max-watchers", 1000, "most watch streams (GET /v1/watch) open at once")
+	maxWatchersAcct := fs.Int("max-watchers-per-account", 16, "most watch streams open at once per account")
 	if pos, err := cliutil.Parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -51,6 +57,12 @@ func edgeCmd(args []string) error {
 	}
 	if *id == "" || *data == "" || *acc == "" {
 		return cliutil.Usagef("edge: --id, --data and --accounts are required")
+	}
+	if histBytes.n <= 0 {
+		return cliutil.Usagef("edge: --history-max-bytes must be positive")
+	}
+	if *maxWatchers <= 0 || *maxWatchersAcct <= 0 {
+		return cliutil.Usagef("edge: --max-watchers and --max-watchers-per-account must be positive")
 	}
 	if err := checkRestoreURL(*restoreFrom); err != nil {
 		return err
@@ -103,6 +115,8 @@ func edgeCmd(args []string) error {
 		MemTableSize: *memtable << 20,
 		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
 		Quota:        edge.QuotaOptions{Keys: noLimit(*quotaKeys), Bytes: noLimit(int64(quotaBytes)), RateOps: noLimit(*rateOps)},
+		History:      edge.HistoryOptions{Off: histRetain.d == 0, Retain: histRetain.d, MaxBytes: histBytes.n},
+		Watch:        edge.WatchOptions{MaxTotal: *maxWatchers, MaxPerAccount: *maxWatchersAcct},
 		Logger:       log,
 	}.WithLimits(*maxKey, *maxValue, *maxOps))
 	if err != nil {

@@ -20,7 +20,7 @@ import (
 	"github.com/iotkv/iotkv/internal/cliutil"
 )
 
-const usage = `usage: device put [--ttl S] KEY VALUE | get KEY | del KEY | shell | simulate | enroll [flags]
+const usage = `usage: device put [--ttl S] KEY VALUE | get KEY | del KEY | history KEY [--since 1h] | shell | simulate | enroll [flags]
 
 flags (before or after the arguments):
   --name N --password-file F --certs D [--ca F --cert F --key F]
@@ -42,7 +42,7 @@ func RunIO(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
-	case "put", "del", "get", "shell":
+	case "put", "del", "get", "shell", "history":
 		return runDevice(sub, rest, stdin, stdout)
 	case "simulate":
 		return runSimulate(rest, stdout, stderr)
@@ -52,7 +52,7 @@ func RunIO(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, usage)
 		return nil
 	}
-	return cliutil.Usagef("device: unknown subcommand %q (want put, get, del, shell, simulate or enroll)", sub)
+	return cliutil.Usagef("device: unknown subcommand %q (want put, get, del, history, shell, simulate or enroll)", sub)
 }
 
 // flags are what every device subcommand takes.
@@ -84,6 +84,10 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
 	var f flags
 	f.register(fs)
+	var since time.Duration
+	if sub == "history" {
+		fs.DurationVar(&since, "since", 0, "history: only ops of the last DURATION (e.g. 1h, 30m); default all the edge keeps")
+	}
 	var ttl *int64
 	if sub == "put" {
 		ttl = fs.Int64("ttl", 0, "make the key expire this many seconds after the edge commits it (1 s to 10 years; 0: never)")
@@ -92,7 +96,10 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
-	want := map[string]int{"put": 2, "del": 1, "get": 1, "shell": 0}[sub]
+	if since < 0 {
+		return cliutil.Usagef("device history: --since must not be negative")
+	}
+	want := map[string]int{"put": 2, "del": 1, "get": 1, "history": 1, "shell": 0}[sub]
 	if len(pos) != want {
 		return cliutil.Usagef("device %s: want %d argument(s), got %d\n%s", sub, want, len(pos), usage)
 	}
@@ -121,13 +128,16 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	}
 	ctx, stop := cliutil.SignalContext()
 	defer stop()
-	if sub == "get" {
+	if sub == "get" || sub == "history" {
 		tc, err := certs.ClientConfig(paths)
 		if err != nil {
 			return err
 		}
 		r := device.NewReader(f.rest, f.name, password, tc)
 		defer r.CloseIdleConnections()
+		if sub == "history" {
+			return printHistory(ctx, r, pos[0], since, stdout)
+		}
 		rec, err := r.Get(ctx, pos[0])
 		if err != nil {
 			return err
@@ -167,6 +177,27 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 		return shell(ctx, c, f.flushTimeout, stdin, stdout, log)
 	}
 	return flushAll(ctx, c, f.flushTimeout)
+}
+
+// printHistory prints one op a line: the edge's commit time (UTC), the
+// op, and the value for a put.
+func printHistory(ctx context.Context, r *device.Reader, key string, since time.Duration, out io.Writer) error {
+	var from int64
+	if since > 0 {
+		from = time.Now().Add(-since).UnixMilli()
+	}
+	items, err := r.History(ctx, key, from)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		line := time.UnixMilli(it.At).UTC().Format("2006-01-02T15:04:05.000Z") + " " + it.Op
+		if it.Op == iotkv.OpPut {
+			line += " " + string(it.Value)
+		}
+		fmt.Fprintln(out, line)
+	}
+	return nil
 }
 
 // flushAll waits up to timeout for every queued op to be acknowledged.
