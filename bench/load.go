@@ -135,6 +135,11 @@ type Load struct {
 	Stagger  bool
 	Warmup   time.Duration
 	Duration time.Duration
+	// Seqs, when set (one per client), holds each client's last seq: a
+	// run continues above it and leaves its last seq there, so that a
+	// later round never replays a seq the server has already applied
+	// (the edge acknowledges such a batch and writes nothing).
+	Seqs []uint64
 }
 
 // LoadResult is what a Load measured.
@@ -144,18 +149,34 @@ type LoadResult struct {
 	MsgsPerS float64 `json:"msgs_per_s"`
 	Errors   int64   `json:"errors"`
 	Sent     int64   `json:"sent"` // every seq published, warmup included
-	P50ms    float64 `json:"p50_ms"`
-	P99ms    float64 `json:"p99_ms"`
+	// AckedAll counts every ack of the run, warm-up and the tail after
+	// the window included: what the server must have applied.
+	AckedAll int64 `json:"acked_all"`
+	// Applied is what the server's own counters say it applied during
+	// the run (-1: not checked); see compareMQTT.
+	Applied int64   `json:"applied"`
+	P50ms   float64 `json:"p50_ms"`
+	P99ms   float64 `json:"p99_ms"`
 	// ServerCPUus is the server's CPU time per message sent (warm-up
 	// included): a figure that other tenants' noise moves much less.
 	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
 	// Rounds are the msgs/s of every round; the result is the median one.
 	Rounds []float64 `json:"rounds_msgs_per_s,omitempty"`
+	// Checks are every round's applied-count check, in round order.
+	Checks []AppliedCheck `json:"applied_checks,omitempty"`
+}
+
+// AppliedCheck is one round's comparison of the acks the load generator
+// counted with what the server's own counters say it applied.
+type AppliedCheck struct {
+	Acked   int64 `json:"acked"`
+	Applied int64 `json:"applied"`
+	Errors  int64 `json:"errors"`
 }
 
 // Run runs the load and returns its result.
 func (l Load) Run(ctx context.Context) LoadResult {
-	var acked, errs, sent atomic.Int64
+	var acked, ackedAll, errs, sent atomic.Int64
 	var counting atomic.Bool
 	lat := NewHist()
 	ctx, cancel := context.WithCancel(ctx)
@@ -165,10 +186,14 @@ func (l Load) Run(ctx context.Context) LoadResult {
 	if l.Rate > 0 {
 		perWorker = time.Duration(float64(time.Second) * float64(len(l.Clients)*l.InFlight) / l.Rate)
 	}
+	seqs := make([]uint64, len(l.Clients))
+	if l.Seqs != nil {
+		copy(seqs, l.Seqs)
+	}
 	for i, c := range l.Clients {
 		dev := l.Devices[i]
 		var mu sync.Mutex // publishes of one client leave in seq order
-		var seq uint64
+		seq := &seqs[i]
 		for w := 0; w < l.InFlight; w++ {
 			wg.Add(1)
 			go func() {
@@ -190,8 +215,8 @@ func (l Load) Run(ctx context.Context) LoadResult {
 						next = next.Add(perWorker)
 					}
 					mu.Lock()
-					seq++
-					s := seq
+					*seq++
+					s := *seq
 					start := time.Now()
 					tok := c.Publish(l.Topic(dev, s), 1, false, l.Payload(dev, s))
 					mu.Unlock()
@@ -204,6 +229,7 @@ func (l Load) Run(ctx context.Context) LoadResult {
 						}
 						continue
 					}
+					ackedAll.Add(1)
 					if counting.Load() {
 						acked.Add(1)
 						lat.Add(time.Since(start))
@@ -227,8 +253,11 @@ func (l Load) Run(ctx context.Context) LoadResult {
 	n := acked.Load()
 	cancel()
 	wg.Wait()
+	if l.Seqs != nil {
+		copy(l.Seqs, seqs)
+	}
 	return LoadResult{Acked: n, Seconds: secs, MsgsPerS: float64(n) / secs, Errors: errs.Load(), Sent: sent.Load(),
-		P50ms: lat.Quantile(0.5), P99ms: lat.Quantile(0.99)}
+		AckedAll: ackedAll.Load(), Applied: -1, P50ms: lat.Quantile(0.5), P99ms: lat.Quantile(0.99)}
 }
 
 // Hist collects durations.

@@ -41,9 +41,12 @@ type Section struct {
 	Notes   []string       `json:"notes,omitempty"`
 	Figures []string       `json:"figures,omitempty"`
 	Raw     map[string]any `json:"raw,omitempty"`
-	Skipped string         `json:"skipped,omitempty"`
-	Failed  string         `json:"failed,omitempty"`
-	Seconds float64        `json:"seconds"`
+	// Rounds is how many times each of the scenario's figures was
+	// measured (the median is reported); 0 or 1: once, no spread.
+	Rounds  int     `json:"rounds,omitempty"`
+	Skipped string  `json:"skipped,omitempty"`
+	Failed  string  `json:"failed,omitempty"`
+	Seconds float64 `json:"seconds"`
 }
 
 // Check is one aim and what was measured against it.
@@ -178,6 +181,9 @@ func (r *Report) markdown() string {
 			}
 			w("- Aim: %s — measured %s: %s\n", c.Aim, c.Measured, v)
 		}
+		if s.Skipped == "" {
+			w("- %s\n", s.roundsLine())
+		}
 		for _, n := range s.Notes {
 			w("- %s\n", n)
 		}
@@ -190,3 +196,11 @@ func (r *Report) markdown() string {
 }
 
 func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+
+// roundsLine states how often the scenario's figures were measured.
+func (s *Section) roundsLine() string {
+	if s.Rounds > 1 {
+		return fmt.Sprintf("Rounds: %d; each figure is the median round.", s.Rounds)
+	}
+	return "Rounds: 1; each figure is a single measurement (no min or max)."
+}

@@ -26,10 +26,12 @@ import (
 // Config configures a run.
 type Config struct {
 	Quick  bool     // the CI-sized run (≤ 2 minutes)
+	Rounds int      // load rounds per figure; default 1 quick, 3 full (odd: the median is a round)
 	Out    string   // results directory
 	Cache  string   // generated identities, kept between runs
 	Only   []string // scenario ids to run; all when empty
 	Repo   string   // the module root, for building iotkv-device
+	NATS   string   // nats-server binary; default: PATH, then GOPATH/bin
 	Logger *slog.Logger
 }
 
@@ -138,6 +140,14 @@ func (r *Runner) pick(quick, full int) int {
 		return quick
 	}
 	return full
+}
+
+// rounds is how many load rounds each load figure takes.
+func (r *Runner) rounds() int {
+	if r.Rounds > 0 {
+		return r.Rounds
+	}
+	return r.pick(1, 3)
 }
 
 // stormDevices is how many identities the storm uses.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,10 @@ type mqttRun struct {
 	before   func(context.Context, *Server) error // e.g. NATS's durable subscriber
 	onLoad   func(context.Context, *Server)       // runs as the first load starts
 	after    func(context.Context, *Server, map[int]LoadResult)
+	// applied reads the server's own count of the messages it applied
+	// (batches or single-op messages). When set, every round must end
+	// with as many applied as acknowledged, or the scenario fails.
+	applied func(context.Context, *Server) (int64, error)
 }
 
 func (r *Runner) runMQTT(ctx context.Context, m mqttRun) (map[int]LoadResult, *Server, error) {
@@ -83,6 +88,7 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 		m       mqttRun
 		s       *Server
 		clients []paho.Client
+		seqs    []uint64 // per device, continued from round to round
 	}
 	skipped := map[string]error{}
 	servers := map[string]*Server{}
@@ -102,7 +108,7 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 		if err != nil {
 			return nil, servers, skipped, err
 		}
-		l := &live{m: m, s: s}
+		l := &live{m: m, s: s, seqs: make([]uint64, len(m.devices))}
 		systems = append(systems, l)
 		servers[m.name] = s
 		if m.before != nil {
@@ -114,7 +120,7 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 			return nil, servers, skipped, fmt.Errorf("%s: %w", m.name, err)
 		}
 	}
-	rounds := r.pick(1, 2)
+	rounds := r.rounds()
 	all := map[string]map[int][]LoadResult{}
 	for _, l := range systems {
 		all[l.m.name] = map[int][]LoadResult{}
@@ -125,13 +131,35 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 				if li == 0 && round == 0 && l.m.onLoad != nil {
 					l.m.onLoad(ctx, l.s)
 				}
+				var applied0 int64
+				if l.m.applied != nil {
+					var err error
+					if applied0, err = l.m.applied(ctx, l.s); err != nil {
+						return nil, servers, skipped, fmt.Errorf("%s: applied count before round %d: %w", l.m.name, round+1, err)
+					}
+				}
 				cpu0, _ := CPUTime(l.s.Proc.Pid())
-				res := Load{Clients: l.clients, Devices: l.m.devices, Topic: l.m.topic, Payload: l.m.payload, InFlight: w,
+				res := Load{Clients: l.clients, Devices: l.m.devices, Topic: l.m.topic, Payload: l.m.payload, InFlight: w, Seqs: l.seqs,
 					Warmup: r.dur(500*time.Millisecond, time.Second), Duration: r.dur(2*time.Second, 5*time.Second)}.Run(ctx)
 				if cpu1, err := CPUTime(l.s.Proc.Pid()); err == nil && res.Sent > 0 {
 					res.ServerCPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(res.Sent)
 				}
-				r.Log.Info("measured", "system", l.m.name, "inflight", w, "round", round+1, "msgs/s", int(res.MsgsPerS), "errors", res.Errors, "p99ms", res.P99ms)
+				if l.m.applied != nil {
+					applied1, err := l.m.applied(ctx, l.s)
+					if err != nil {
+						return nil, servers, skipped, fmt.Errorf("%s: applied count after round %d: %w", l.m.name, round+1, err)
+					}
+					res.Applied = applied1 - applied0
+					// Every publish of the round has its ack or its error
+					// by now: the server applied exactly what it acked,
+					// nothing was a duplicate of an earlier round.
+					if res.Applied != res.AckedAll || res.Errors > 0 {
+						return nil, servers, skipped, fmt.Errorf("%s: applied-count check failed in round %d (%d in flight): the server's counters say %d applied, the load generator counted %d acks (%d errors)",
+							l.m.name, round+1, w, res.Applied, res.AckedAll, res.Errors)
+					}
+				}
+				r.Log.Info("measured", "system", l.m.name, "inflight", w, "round", round+1, "msgs/s", int(res.MsgsPerS), "errors", res.Errors, "p99ms", res.P99ms,
+					"acked", res.AckedAll, "applied", res.Applied)
 				if res.Errors > 0 && res.Acked == 0 {
 					return nil, servers, skipped, fmt.Errorf("%s: every publish failed (%d errors): %s", l.m.name, res.Errors, l.s.Proc.Tail())
 				}
@@ -143,12 +171,17 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 	for _, l := range systems {
 		out[l.m.name] = map[int]LoadResult{}
 		for w, rs := range all[l.m.name] {
+			var checks []AppliedCheck
+			rounds := make([]float64, len(rs))
+			for i, x := range rs { // in round order
+				rounds[i] = x.MsgsPerS
+				if x.Applied >= 0 {
+					checks = append(checks, AppliedCheck{Acked: x.AckedAll, Applied: x.Applied, Errors: x.Errors})
+				}
+			}
 			sort.Slice(rs, func(i, j int) bool { return rs[i].MsgsPerS < rs[j].MsgsPerS })
 			med := rs[len(rs)/2]
-			med.Rounds = make([]float64, len(rs))
-			for i, x := range rs {
-				med.Rounds[i] = x.MsgsPerS
-			}
+			med.Rounds, med.Checks = rounds, checks
 			out[l.m.name][w] = med
 		}
 		if l.m.after != nil {
@@ -168,6 +201,7 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	var applied atomic.Int64
 	edge := mqttRun{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) },
 		topic: batchTopic, payload: batchPayload, inflight: []int{w}, devices: devs,
+		applied: r.appliedSeqs,
 		after: func(ctx context.Context, s *Server, _ map[int]LoadResult) {
 			if m, err := r.metrics(ctx, s); err == nil && m["iotkv_commit_seconds_count"] > 0 {
 				n := m["iotkv_commit_seconds_count"]
@@ -215,10 +249,19 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 			fmt.Sprintf("%.2f×", ratio(v.MsgsPerS*opsPerBatch, mq.MsgsPerS)), fmt.Sprintf("%.2f×", ratio(v.MsgsPerS*opsPerBatch, pk)))
 	}
 	sec.Row("raw Pebble, 50 writers, Sync batches of 100", fmtRate(pk/opsPerBatch), fmtRate(pk), "–", "–", fmt.Sprintf("%.2f×", ratio(pk, mq.MsgsPerS)), "1.00×")
-	sec.Note("Same load generator (paho.mqtt.golang, MQTT 3.1.1, mTLS, password) for every broker: 50 devices, %d batches in flight each, %d-byte batches of %d puts. mosquitto and bare mochi acknowledge from memory; the edge acknowledges after the group fsync. All brokers run at once with their devices connected and are loaded in turn, round after round (%d round(s) of %s); each figure is the median round.", w, len(batchPayload("", 1)), opsPerBatch, r.pick(1, 2), r.dur(2*time.Second, 5*time.Second))
-	if n := applied.Load(); n > 0 {
-		sec.Note("Check: the edge's /v1/devices reports %d batches applied for the 50 devices (the load generator sent %d, warm-up included; publishes cut off at the end may or may not have landed).", n, e.Sent)
+	sec.Note("Same load generator (paho.mqtt.golang, MQTT 3.1.1, mTLS, password) for every broker: 50 devices, %d batches in flight each, %d-byte batches of %d puts. mosquitto and bare mochi acknowledge from memory; the edge acknowledges after the group fsync. All brokers run at once with their devices connected and are loaded in turn, round after round (%d round(s) of %s after %s of warm-up); each figure is the median round. Every device's seq continues from round to round, so no round replays a batch the edge has applied.", w, len(batchPayload("", 1)), opsPerBatch, r.rounds(), r.dur(2*time.Second, 5*time.Second), r.dur(500*time.Millisecond, time.Second))
+	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
+		if v, ok := res[name]; ok && name == "iotkv edge" {
+			sec.Note("%s", roundsNote(name, v, opsPerBatch, "key-ops/s"))
+		} else if ok {
+			sec.Note("%s", roundsNote(name, v, 1, "msgs/s"))
+		}
 	}
+	sec.Note("%s", checkNote(e, "batches", "the sum of last_seq over the 50 devices in the edge's /v1/devices"))
+	if n := applied.Load(); n > 0 {
+		sec.Note("After the last round the edge's /v1/devices reports %d batches applied in all for the 50 devices (warm-up and every round).", n)
+	}
+	sec.Rounds = r.rounds()
 	if mq.MsgsPerS > 0 {
 		x := ratio(edgeOps, mq.MsgsPerS)
 		sec.Check("key-ops/s ≥ 10× mosquitto's QoS 1 msgs/s", x, x >= 10, "%.1f× (%s key-ops/s vs %s msgs/s)", x, fmtRate(edgeOps), fmtRate(mq.MsgsPerS))
@@ -332,7 +375,7 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 	natsDevs := r.devices(51)
 	sub := natsDevs[50]
 	runs := []mqttRun{
-		{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) }},
+		{name: "iotkv edge", start: func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) }, applied: r.opsApplied},
 		{name: "mosquitto", start: r.StartMosquitto},
 		{name: "bare mochi", start: r.StartMochi},
 		{name: "NATS (JetStream sync always)", start: func(ctx context.Context) (*Server, error) { return r.StartNATS(ctx, natsDevs) },
@@ -379,7 +422,18 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 			fmt.Sprintf("%.0f / %.0f µs", v[1].ServerCPUus, v[16].ServerCPUus),
 			fmt.Sprintf("%.2f× / %.2f×", ratio(e[1].MsgsPerS, v[1].MsgsPerS), ratio(e[16].MsgsPerS, v[16].MsgsPerS)))
 	}
-	sec.Note("Topic iotkv/v1/devices/{device}/kv/sensor/N, %d-byte JSON values, QoS 1, MQTT 3.1.1 over mTLS, 50 devices, the same paho load generator for all, brokers loaded in turn, median of %d round(s) of %s each. mosquitto and bare mochi acknowledge from memory; the edge and NATS fsync before the PUBACK.", len(kvPayload("", 123456)), r.pick(1, 2), r.dur(2*time.Second, 5*time.Second))
+	sec.Note("Topic iotkv/v1/devices/{device}/kv/sensor/N, %d-byte JSON values, QoS 1, MQTT 3.1.1 over mTLS, 50 devices, the same paho load generator for all, brokers loaded in turn, median of %d round(s) of %s each. mosquitto and bare mochi acknowledge from memory; the edge and NATS fsync before the PUBACK.", len(kvPayload("", 123456)), r.rounds(), r.dur(2*time.Second, 5*time.Second))
+	for _, m := range runs {
+		for _, w := range levels {
+			if v, ok := res[m.name]; ok {
+				sec.Note("%s", roundsNote(fmt.Sprintf("%s, %d in flight", m.name, w), v[w], 1, "msgs/s"))
+			}
+		}
+	}
+	for _, w := range levels {
+		sec.Note("%s", checkNote(e[w], fmt.Sprintf("messages (%d in flight)", w), "the edge's iotkv_ops_applied_total"))
+	}
+	sec.Rounds = r.rounds()
 	for _, w := range levels {
 		if n, ok := res["NATS (JetStream sync always)"]; ok {
 			x := ratio(e[w].MsgsPerS, n[w].MsgsPerS)
@@ -408,6 +462,42 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 	}
 	r.shared.Store("kv16_msgs_per_s", e[16].MsgsPerS)
 	return nil
+}
+
+// opsApplied is the edge's count of applied ops (one per single-op message).
+func (r *Runner) opsApplied(ctx context.Context, s *Server) (int64, error) {
+	m, err := r.metrics(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m["iotkv_ops_applied_total"]
+	if !ok {
+		return 0, errors.New("the edge's /metrics has no iotkv_ops_applied_total")
+	}
+	return int64(v), nil
+}
+
+// roundsNote states a figure's rounds: their count, min, median and max.
+func roundsNote(name string, v LoadResult, mult float64, unit string) string {
+	if len(v.Rounds) == 0 {
+		return name + ": no rounds"
+	}
+	rs := append([]float64(nil), v.Rounds...)
+	sort.Float64s(rs)
+	return fmt.Sprintf("%s: %d round(s), %s min %s / median %s / max %s", name, len(rs), unit,
+		fmtRate(rs[0]*mult), fmtRate(rs[len(rs)/2]*mult), fmtRate(rs[len(rs)-1]*mult))
+}
+
+// checkNote shows the applied-count check of every round.
+func checkNote(v LoadResult, what, source string) string {
+	if len(v.Checks) == 0 {
+		return "Applied-count check: not run."
+	}
+	var parts []string
+	for i, c := range v.Checks {
+		parts = append(parts, fmt.Sprintf("round %d: %d acked = %d applied", i+1, c.Acked, c.Applied))
+	}
+	return fmt.Sprintf("Applied-count check (passed; the scenario fails otherwise): in every round the %s the edge applied, by %s before and after the round, equal the acks the load generator counted over the round (warm-up and the drain after the window included): %s.", what, source, strings.Join(parts, "; "))
 }
 
 func short(name string) string {

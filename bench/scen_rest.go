@@ -136,7 +136,7 @@ func (r *Runner) scenLatency(ctx context.Context, sec *Section) error {
 		return err
 	}
 	url := "https://" + e.HTTPS + "/v1/kv/" + probeDev + "/probe"
-	var nonce atomic.Int64
+	var nonce, probeAcked atomic.Int64
 	sample := func(ctx context.Context, d time.Duration) (*Hist, error) {
 		h := NewHist()
 		end := time.Now().Add(d)
@@ -159,7 +159,9 @@ func (r *Runner) scenLatency(ctx context.Context, sec *Section) error {
 					return h, fmt.Errorf("probe value %d not readable after 10s", n)
 				}
 			}
-			tok.WaitTimeout(10 * time.Second)
+			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				probeAcked.Add(1)
+			}
 		}
 		return h, nil
 	}
@@ -175,6 +177,11 @@ func (r *Runner) scenLatency(ctx context.Context, sec *Section) error {
 	var lerr error
 	var wg sync.WaitGroup
 	var bg LoadResult
+	applied0, err := r.opsApplied(ctx, e)
+	if err != nil {
+		return err
+	}
+	probes0 := probeAcked.Load()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -186,6 +193,18 @@ func (r *Runner) scenLatency(ctx context.Context, sec *Section) error {
 	if lerr != nil {
 		return lerr
 	}
+	applied1, err := r.opsApplied(ctx, e)
+	if err != nil {
+		return err
+	}
+	// Every message of the loaded phase is a new put (kv messages carry
+	// no seq): the edge applied exactly the acked ones.
+	probes := probeAcked.Load() - probes0
+	if applied1-applied0 != bg.AckedAll+probes || bg.Errors > 0 {
+		return fmt.Errorf("applied-count check failed: the edge's iotkv_ops_applied_total moved by %d during the loaded phase; acked: %d background messages and %d probes (%d errors)",
+			applied1-applied0, bg.AckedAll, probes, bg.Errors)
+	}
+	sec.Note("Applied-count check (passed; the scenario fails otherwise): during the loaded phase the edge's iotkv_ops_applied_total moved by %d = %d background messages + %d probes acknowledged.", applied1-applied0, bg.AckedAll, probes)
 	sec.Row("load", "samples", "p50", "p99", "p999", "p99 ÷ idle p99")
 	for _, row := range []struct {
 		name string

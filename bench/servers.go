@@ -160,8 +160,40 @@ tls_version tlsv1.2
 	return &Server{Name: "mosquitto", MQTT: addr, Proc: proc}, nil
 }
 
-// NATSBinary finds nats-server on PATH or in GOPATH/bin.
-func NATSBinary() string { return goTool("nats-server") }
+// NATSVersion is the nats-server the harness is written for (MQTT over
+// mTLS, JetStream with sync_interval: always); `make bench` installs it
+// into .cache/bin.
+const (
+	NATSVersion = "v2.15.2"
+	natsInstall = "GOBIN=$PWD/.cache/bin go install github.com/nats-io/nats-server/v2@" + NATSVersion
+)
+
+// natsBinary is the nats-server to run: Config.NATS, else one on PATH or
+// in GOPATH/bin. It refuses a release older than 2.15 (2.9 has no
+// sync_interval).
+func (r *Runner) natsBinary() (string, error) {
+	bin := r.NATS
+	if bin == "" {
+		if bin = goTool("nats-server"); bin == "" {
+			return "", fmt.Errorf("%w: nats-server is not installed (%s, then --nats-server .cache/bin/nats-server)", ErrSkip, natsInstall)
+		}
+	}
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("nats-server %s --version: %w: %s", bin, err, out)
+	}
+	v := strings.TrimSpace(string(out))
+	var major, minor int
+	if i := strings.LastIndex(v, " v"); i < 0 {
+		return "", fmt.Errorf("nats-server %s: cannot read its version from %q", bin, v)
+	} else if _, err := fmt.Sscanf(v[i+2:], "%d.%d", &major, &minor); err != nil {
+		return "", fmt.Errorf("nats-server %s: cannot read its version from %q", bin, v)
+	}
+	if major < 2 || (major == 2 && minor < 15) {
+		return "", fmt.Errorf("nats-server %s is %s; the NATS baseline needs 2.15 or later (JetStream sync_interval: always), written for %s: `make bench` installs it (%s)", bin, v, NATSVersion, natsInstall)
+	}
+	return bin, nil
+}
 
 // goTool finds a tool installed with go install: on PATH or in
 // $(go env GOPATH)/bin; "" when it is in neither.
@@ -185,10 +217,11 @@ func goTool(name string) string {
 // StartNATS starts nats-server with its MQTT listener over mTLS, the bench
 // accounts, and JetStream fsyncing every write (sync_interval: always).
 func (r *Runner) StartNATS(ctx context.Context, devices []string) (*Server, error) {
-	bin := NATSBinary()
-	if bin == "" {
-		return nil, fmt.Errorf("%w: nats-server is not installed (go install github.com/nats-io/nats-server/v2@v2.15.2)", ErrSkip)
+	bin, err := r.natsBinary()
+	if err != nil {
+		return nil, err
 	}
+	r.Log.Info("NATS baseline", "binary", bin)
 	addr, err := FreePort()
 	if err != nil {
 		return nil, err

@@ -80,6 +80,21 @@ func edgeCmd(args []string) error {
 		}
 		return n
 	}
+	switch {
+	case *restoreFrom == "":
+		if err := cliutil.Refuse(fs, "only with --restore-from", "name", "password-file", "force", "s3-endpoint", "s3-region"); err != nil {
+			return err
+		}
+	case s3store.IsURL(*restoreFrom):
+		// Object storage uses the AWS credentials, not an iotkv account.
+		if err := cliutil.Refuse(fs, "not used with --restore-from s3://... (credentials come from AWS_*)", "name", "password-file"); err != nil {
+			return err
+		}
+	default:
+		if err := cliutil.Refuse(fs, "only with --restore-from s3://...", "s3-endpoint", "s3-region"); err != nil {
+			return err
+		}
+	}
 	log, err := lf.Logger()
 	if err != nil {
 		return err

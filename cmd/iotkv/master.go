@@ -58,11 +58,20 @@ func masterCmd(args []string) error {
 		return cliutil.Usagef("master: --snapshot-interval must be positive")
 	}
 	if *store != "" {
+		// The S3 store keeps no map of pending keys: it stores segments.
+		if err := cliutil.Refuse(fs, "not used with --store (the object store flushes by --flush-interval and --flush-bytes)", "max-pending"); err != nil {
+			return err
+		}
 		if err := checkStoreURL("master: --store", *store); err != nil {
 			return err
 		}
 		if _, err := s3store.ParseCompression(*s3Compress); err != nil {
 			return cliutil.Usagef("master: --s3-compress: %v", err)
+		}
+	}
+	if *store == "" {
+		if err := cliutil.Refuse(fs, "only with --store s3://...", "s3-endpoint", "s3-region", "s3-compress", "flush-interval", "flush-bytes", "lease-ttl"); err != nil {
+			return err
 		}
 	}
 	if _, err := edge.ClientAuth(*restCert); err != nil {

@@ -204,3 +204,21 @@ func (t *TLSFlags) Paths(name string) (certs.Paths, error) {
 	}
 	return p, nil
 }
+
+// Refuse is a usage error when any of names was set on the command line:
+// a flag that would be accepted and ignored in this combination. why ends
+// the one-line message ("--max-pending: not used with --store").
+func Refuse(fs *flag.FlagSet, why string, names ...string) error {
+	var set []string
+	fs.Visit(func(f *flag.Flag) {
+		for _, n := range names {
+			if f.Name == n {
+				set = append(set, "--"+n)
+			}
+		}
+	})
+	if len(set) == 0 {
+		return nil
+	}
+	return Usagef("%s: %s: %s", fs.Name(), strings.Join(set, ", "), why)
+}

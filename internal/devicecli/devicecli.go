@@ -80,6 +80,12 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.window, "window", 8, "batches in flight")
 }
 
+// deviceOptions sets what the queue and batching flags feed: the same for
+// one device and for every simulated sensor.
+func (f *flags) deviceOptions(o *device.Options) {
+	o.QueueMaxBytes, o.Linger, o.Window = f.queueMax, f.linger, f.window
+}
+
 func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
 	var f flags
@@ -148,10 +154,9 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	if f.queue == "" {
 		f.queue = filepath.Join("iotkv-queue", f.name)
 	}
-	c, err := device.Open(device.Options{
-		Name: f.name, Password: password, TLSFiles: paths, Edge: f.edge, REST: f.rest,
-		QueueDir: f.queue, QueueMaxBytes: f.queueMax, Linger: f.linger, Window: f.window, Logger: log,
-	})
+	o := device.Options{Name: f.name, Password: password, TLSFiles: paths, Edge: f.edge, REST: f.rest, QueueDir: f.queue, Logger: log}
+	f.deviceOptions(&o)
+	c, err := device.Open(o)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func runEnroll(args []string, stdout io.Writer) error {
 		return fmt.Errorf("enroll: %w", err)
 	}
 	fmt.Fprintf(stdout, "wrote %s (private key, mode 0600: it stays here) and %s\n", p.Key, csr)
-	fmt.Fprintf(stdout, "sign it on the CA host: iotkv certs sign --dir PKI --csr %s.csr --name %s --role device --out %s.crt\n", *name, *name, *name)
-	fmt.Fprintf(stdout, "then put the certificate at %s and the CA bundle at %s\n", p.Cert, p.CA)
+	fmt.Fprintf(stdout, "sign it where the CA is: iotkv certs sign --dir PKI --csr %s.csr --name %s --role device (writes PKI/%s.crt)\n", *name, *name, *name)
+	fmt.Fprintf(stdout, "then copy PKI/%s.crt to %s and PKI/ca.crt to %s\n", *name, p.Cert, p.CA)
 	return nil
 }

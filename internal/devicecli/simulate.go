@@ -29,6 +29,10 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return cliutil.Usagef("device simulate: unexpected argument %q", pos[0])
 	}
+	// Every sensor has its own identity: PREFIXNNNN, its files in --certs.
+	if err := cliutil.Refuse(fs, "not used by simulate: every sensor has its own name (--prefix) and files in --certs", "name", "ca", "cert", "key"); err != nil {
+		return err
+	}
 	if f.tls.Dir == "" {
 		return cliutil.Usagef("device simulate: --certs D is required")
 	}
@@ -55,6 +59,7 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 		CertsDir: f.tls.Dir, AccountsFile: *acc, Password: password,
 		Edge: f.edge, REST: f.rest, QueueDir: f.queue, Keys: *keys, Verify: *verify,
 		FlushTimeout: f.flushTimeout, Logger: log,
+		Device: f.deviceOptions,
 	}
 	tty := isTerminal(stderr)
 	if tty {
