@@ -11,9 +11,10 @@ var ErrTrailingData = errors.New("trailing data after the JSON document")
 
 // DecodeStrict decodes data, which must hold exactly one JSON document,
 // into v. A field that v does not declare is an error, and so is anything
-// but JSON whitespace after the document. It is the decoder of every
-// untrusted JSON document: batches (DecodeBatch), the backup protocol's
-// requests and confirms, and the accounts file.
+// but JSON whitespace after the document. It decodes the backup
+// protocol's requests and confirms and the accounts file; batches, most of
+// the edge's ingest CPU, have their own reader (decodeBatchJSON) held to
+// the same reading by FuzzDecodeBatch.
 func DecodeStrict(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()

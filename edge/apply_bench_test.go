@@ -29,8 +29,9 @@ import (
 // The committer sub-benchmark reports its rate as a ratio of the baselines
 // measured just before it (x-pebble: the raw baseline the issue names, with
 // Pebble's default options; x-pebble-memtable-32mib: with the store's
-// memtable size; x-pebble-with-change-log: the same bytes as the committer
-// writes, same options).
+// memtable size; x-pebble-with-change-log: the record and change log
+// bytes the committer writes, same options; x-committer-no-history: the
+// committer without the history index).
 func BenchmarkApply(b *testing.B) {
 	raw := func(o *pebble.Options) func(b *testing.B) float64 {
 		return func(b *testing.B) float64 {
@@ -86,25 +87,38 @@ func BenchmarkApply(b *testing.B) {
 			return batch.Commit(pebble.Sync)
 		})
 	})
+	// The committer without the history index (HistoryOptions.Off), so
+	// the cost of history is measured in the same run.
+	var noHistory float64
+	committer := func(noHist bool) func(b *testing.B) float64 {
+		return func(b *testing.B) float64 {
+			store, err := OpenStore(b.TempDir(), StoreOptions{Logger: discardLogger(), NoHistory: noHist})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			var groups atomic.Int64
+			c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, func(committed) { groups.Add(1) })
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.close()
+			rate := drive(b, func(device string, seq uint64, ops []iotkv.Op) error {
+				res := make(chan commitResult, 1)
+				c.submit(&writeReq{device: device, seq: seq, ops: ops, done: func(r commitResult) { res <- r }})
+				return (<-res).err
+			})
+			if n := groups.Load(); n > 0 {
+				b.ReportMetric(float64(b.N)/float64(n), "batches/fsync")
+			}
+			return rate
+		}
+	}
+	b.Run("committer-no-history", func(b *testing.B) { noHistory = committer(true)(b) })
 	b.Run("committer", func(b *testing.B) {
-		store, err := OpenStore(b.TempDir(), StoreOptions{Logger: discardLogger()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer store.Close()
-		var groups atomic.Int64
-		c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, func(committed) { groups.Add(1) })
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.close()
-		rate := drive(b, func(device string, seq uint64, ops []iotkv.Op) error {
-			res := make(chan commitResult, 1)
-			c.submit(&writeReq{device: device, seq: seq, ops: ops, done: func(r commitResult) { res <- r }})
-			return (<-res).err
-		})
-		if n := groups.Load(); n > 0 {
-			b.ReportMetric(float64(b.N)/float64(n), "batches/fsync")
+		rate := committer(false)(b)
+		if noHistory > 0 {
+			b.ReportMetric(rate/noHistory, "x-committer-no-history")
 		}
 		if baseline > 0 {
 			b.ReportMetric(rate/baseline, "x-pebble")
