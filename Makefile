@@ -1,7 +1,7 @@
 GO ?= go
 RELEASE_FLAGS = -trimpath -ldflags='-s -w'
 
-.PHONY: build test verify lint fuzz nats bench bench-quick chaos demo smoke clean
+.PHONY: build test verify lint fuzz nats bench bench-quick console-shots chaos demo smoke clean
 
 build:
 	CGO_ENABLED=0 $(GO) build $(RELEASE_FLAGS) -o bin/iotkv ./cmd/iotkv
@@ -43,6 +43,13 @@ bench: nats
 	$(GO) build -o bin/iotkv-bench ./bench/cmd/iotkv-bench
 	bin/iotkv-bench --nats-server $(NATS) --out bench/results
 	bin/iotkv-bench --readme README.md --out bench/results
+	$(MAKE) console-shots
+
+# A screenshot of every web console page (edge and master, and the devices
+# page on a phone), taken by the browser test in headless chromium.
+console-shots:
+	IOTKV_CONSOLE_SHOTS=$(CURDIR)/bench/results/console $(GO) test -count=1 -run '^TestConsoleInABrowser$$' ./console
+	@ls bench/results/console/*.png 2>/dev/null || echo "console-shots: no screenshots (chromium is not installed)"
 
 bench-quick: nats
 	$(GO) build -o bin/iotkv-bench ./bench/cmd/iotkv-bench

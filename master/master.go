@@ -35,6 +35,7 @@ import (
 	"github.com/iotkv/iotkv/accounts"
 	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/certs/live"
+	"github.com/iotkv/iotkv/console"
 	"github.com/iotkv/iotkv/rest"
 	"github.com/iotkv/iotkv/s3store"
 )
@@ -418,8 +419,10 @@ func (m *Master) handler(auth *rest.Authenticator, met *rest.Metrics) http.Handl
 	r := chi.NewRouter()
 	r.Use(met.Middleware, rest.WithLogger(m.log))
 	rest.Common(r, m.Ready)
+	rest.MountConsole(r, console.Master)
 	r.Group(func(r chi.Router) {
 		r.Use(auth.Middleware)
+		r.Get("/v1/whoami", rest.WhoAmI)
 		r.With(rest.RequireRole(iotkv.RoleAdmin)).Get("/metrics", promhttp.HandlerFor(m.opts.Registry, promhttp.HandlerOpts{}).ServeHTTP)
 		r.With(rest.RequireRole(iotkv.RoleAdmin, iotkv.RoleReader, iotkv.RoleWriter, iotkv.RoleMaster)).Get("/v1/backups", func(w http.ResponseWriter, _ *http.Request) {
 			rest.WriteJSON(w, http.StatusOK, map[string]any{"edges": m.Status()})

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/iotkv/iotkv"
+	"github.com/iotkv/iotkv/console"
 )
 
 // KV is what the edge serves over REST.
@@ -52,8 +53,11 @@ type EdgeOptions struct {
 	Metrics  *Metrics
 	Gatherer prometheus.Gatherer // what /metrics shows
 	Ready    func() error        // nil error: ready
-	Limits   iotkv.Limits
-	Logger   *slog.Logger
+	// DiskUsage, when set, is the store's size on disk in bytes (the
+	// console's health page shows it).
+	DiskUsage func() uint64
+	Limits    iotkv.Limits
+	Logger    *slog.Logger
 }
 
 //go:embed openapi.json
@@ -73,9 +77,12 @@ func NewEdgeHandler(o EdgeOptions) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openAPI)
 	})
+	MountConsole(r, console.Edge)
 	r.Group(func(r chi.Router) {
 		r.Use(o.Auth.Middleware)
 		r.With(RequireRole(iotkv.RoleAdmin)).Get("/metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}).ServeHTTP)
+		r.Get("/v1/whoami", WhoAmI)
+		r.With(RequireRole(iotkv.RoleAdmin, iotkv.RoleReader, iotkv.RoleWriter)).Get("/v1/stats", h.stats)
 		r.Get("/v1/devices", h.devices)
 		r.Get("/v1/kv/{device}", h.list)
 		r.Get("/v1/kv/{device}/*", h.get)

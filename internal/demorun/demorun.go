@@ -121,6 +121,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	cmds := pasteCommands(certsDir, edges, m.HTTPAddr())
 	fmt.Fprintf(o.Out, "\nmaster https://%s, edges e1 mqtts://%s https://%s, e2 mqtts://%s https://%s\n",
 		m.HTTPAddr(), edges["e1"].MQTTAddr(), edges["e1"].HTTPAddr(), edges["e2"].MQTTAddr(), edges["e2"].HTTPAddr())
+	printConsole(o.Out, certsDir, pw["admin"], edgeIDs, edges, m.HTTPAddr())
 	fmt.Fprintf(o.Out, "\nCommands to paste while it runs:\n\n")
 	for _, c := range cmds {
 		fmt.Fprintf(o.Out, "  %s\n\n", c)
@@ -217,6 +218,17 @@ func printSummary(w io.Writer, s Summary, edgeIDs []string) {
 	for _, id := range edgeIDs {
 		fmt.Fprintf(w, "  backup %s: master seq %d of edge seq %d\n", id, s.BackupSeq[id], s.EdgeSeq[id])
 	}
+}
+
+// printConsole prints the web console's addresses and a login that works
+// (the demo's admin; its password is also in certs/admin.password).
+func printConsole(w io.Writer, certsDir, adminPassword string, edgeIDs []string, edges map[string]*edge.Edge, masterAddr string) {
+	fmt.Fprintf(w, "\nWeb console (log in as admin, password %s):\n", adminPassword)
+	for _, id := range edgeIDs {
+		fmt.Fprintf(w, "  edge %s:  https://%s/ui/\n", id, edges[id].HTTPAddr())
+	}
+	fmt.Fprintf(w, "  master:   https://%s/ui/\n", masterAddr)
+	fmt.Fprintf(w, "  (the certificates come from the demo's own CA, %s: the browser warns until you trust it)\n", filepath.Join(certsDir, "ca.crt"))
 }
 
 // pasteCommands are the commands printed for a person, runnable as they
