@@ -1,7 +1,7 @@
 GO ?= go
 RELEASE_FLAGS = -trimpath -ldflags='-s -w'
 
-.PHONY: build test verify lint fuzz nats bench bench-quick console-shots chaos demo smoke clean
+.PHONY: build test verify lint fuzz nats bench bench-quick console-shots chaos demo smoke clean release release-check
 
 build:
 	CGO_ENABLED=0 $(GO) build $(RELEASE_FLAGS) -o bin/iotkv ./cmd/iotkv
@@ -69,5 +69,16 @@ smoke:
 demo:
 	$(GO) run ./cmd/iotkv demo --duration 0
 
+# dist/: static builds for linux amd64, arm64 and armv7 (tarballs), .deb
+# for amd64 and arm64, SHA256SUMS; version from git describe.
+release:
+	bash deploy/release.sh
+
+# What CI checks on the release (run after make release): the arm binaries
+# under qemu-user-static, the amd64 .deb installed with dpkg, its units
+# verified by systemd-analyze, the container image built with podman.
+release-check:
+	bash deploy/release-check.sh
+
 clean:
-	rm -rf bin
+	rm -rf bin build dist

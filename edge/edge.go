@@ -187,6 +187,9 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := registerOpsMetrics(reg, opts.DataDir, e.Ready); err != nil {
+		return nil, err
+	}
 	e.tls, err = live.Open(live.Options{Files: opts.TLSFiles, Poll: opts.TLSPoll, OnChange: e.endRevokedSessions, Logger: e.log, Registry: reg})
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)

@@ -135,6 +135,7 @@ func (eb *edgeBackup) recover() error {
 	eb.log.Info("backup state loaded", "incarnation", eb.inc, "seq", eb.seq, "snapshot_seq", eb.baseSeq,
 		"keys", eb.keys, "journaled_changes", replayed)
 	eb.m.applied.WithLabelValues(eb.id).Set(float64(eb.seq))
+	eb.m.edgeSeen(eb.id)
 	return nil
 }
 
@@ -683,6 +684,7 @@ func (eb *edgeBackup) finishMerge(r mergeResult) {
 	eb.baseSeq, eb.keys = r.seq, r.keys
 	eb.mu.Unlock()
 	eb.m.snapshotSeconds.Observe(r.took.Seconds())
+	eb.m.snapshotTime.WithLabelValues(eb.id).SetToCurrentTime()
 	eb.log.Debug("latest.json written", "seq", r.seq, "keys", r.keys, "took", r.took)
 	if err := removeJournals(eb.dir, eb.journal.first); err != nil {
 		eb.log.Error("prune journals", "err", err)

@@ -474,6 +474,7 @@ type metrics struct {
 	gaps, resyncs, badMessages, snapshotErrors *prometheus.CounterVec
 	requests                                   *prometheus.CounterVec
 	lag, fsync, snapshotSeconds                prometheus.Histogram
+	snapshotTime                               *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -491,11 +492,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		snapshotSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotkv_master_snapshot_seconds", Help: "Time to write latest.json.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		snapshotTime: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotkv_master_snapshot_timestamp_seconds",
+			Help: "Unix time of the last snapshot written (latest.json, or the compacted snapshot in object storage), per edge."}, []string{"edge"}),
 	}
-	for _, c := range []prometheus.Collector{m.applied, m.lagChanges, m.gaps, m.resyncs, m.badMessages, m.snapshotErrors, m.requests, m.lag, m.fsync, m.snapshotSeconds} {
+	for _, c := range []prometheus.Collector{m.applied, m.lagChanges, m.gaps, m.resyncs, m.badMessages, m.snapshotErrors, m.requests, m.lag, m.fsync, m.snapshotSeconds, m.snapshotTime} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register master metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// edgeSeen makes the error counters of edge id exist at 0, so alerts on
+// their increase see the first error.
+func (m *metrics) edgeSeen(id string) {
+	for _, c := range []*prometheus.CounterVec{m.gaps, m.resyncs, m.badMessages, m.snapshotErrors} {
+		c.WithLabelValues(id)
+	}
 }

@@ -111,6 +111,7 @@ func newS3Metrics(reg prometheus.Registerer, st *s3store.Store) (*s3Metrics, err
 }
 
 func newS3Edge(id, addr string, opts *Options, m *metrics, sm *s3Metrics) *s3Edge {
+	m.edgeSeen(id)
 	return &s3Edge{
 		id: id, addr: addr, log: opts.Logger.With("edge", id), opts: opts, m: m, sm: sm, st: opts.Store,
 		in: make(chan event, 256), stop: make(chan struct{}), done: make(chan struct{}), compactC: make(chan compactResult, 1),
@@ -508,6 +509,9 @@ func (se *s3Edge) compact() {
 		defer cancel()
 		seq, keys, err := se.st.Compact(ctx, se.id, inc)
 		se.m.snapshotSeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			se.m.snapshotTime.WithLabelValues(se.id).SetToCurrentTime()
+		}
 		se.compactC <- compactResult{seq: seq, keys: keys, err: err}
 	}()
 }

@@ -422,3 +422,19 @@ func BenchmarkShellMenu100(b *testing.B) {
 	b.ReportMetric(float64(wall.Microseconds())/1000/float64(b.N), "wall-ms/op")
 	b.ReportMetric(float64(rss)/1024, "maxrss-MiB")
 }
+
+// The device binary reads the example configuration, with the
+// environment over the file, like the server commands.
+func TestDeviceConfigFile(t *testing.T) {
+	cmd := exec.Command(bin, "put", "--config", filepath.Join("..", "..", "deploy", "device.yaml"), "--print-config")
+	cmd.Env = append(os.Environ(), "IOTKV_WINDOW=3")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("iotkv-device put --config deploy/device.yaml --print-config: %v", err)
+	}
+	for _, want := range []string{"name: sensor1 # file", "window: 3 # env IOTKV_WINDOW", "certs: /etc/iotkv/certs # file"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, out)
+		}
+	}
+}

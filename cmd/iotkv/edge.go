@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
 	"time"
 
 	"github.com/iotkv/iotkv/edge"
@@ -50,7 +51,7 @@ func edgeCmd(args []string) error {
 	fs.Var(histBytes, "history-max-bytes", "most bytes of history (change log and index) the edge keeps, e.g. 1GiB")
 	maxWatchers := fs.Int("max-watchers", 1000, "most watch streams (GET /v1/watch) open at once")
 	maxWatchersAcct := fs.Int("max-watchers-per-account", 16, "most watch streams open at once per account")
-	if pos, err := cliutil.Parse(fs, args); err != nil {
+	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return cliutil.Usagef("edge: unexpected argument %q", pos[0])

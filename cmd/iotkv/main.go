@@ -21,6 +21,7 @@ commands:
   master               run the backup master
   device put|get|del|shell|simulate   act as a device
   demo                 run a whole system on loopback
+  healthcheck          exit 0 when a server's /readyz answers 200
   version              print the version`
 
 func main() {
@@ -46,6 +47,8 @@ func run(args []string) error {
 		return devicecli.Run(rest)
 	case "demo":
 		return demoCmd(rest)
+	case "healthcheck":
+		return healthcheckCmd(rest)
 	case "version", "--version":
 		fmt.Printf("iotkv %s %s\n", version(), runtime.Version())
 		return nil
@@ -56,7 +59,14 @@ func run(args []string) error {
 	return cliutil.Usagef("unknown command %q (try 'iotkv help')", cmd)
 }
 
+// buildVersion is set by make release (-X main.buildVersion=...) from
+// git describe; other builds read the module version.
+var buildVersion string
+
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}

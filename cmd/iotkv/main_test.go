@@ -78,9 +78,15 @@ type edgeProc struct {
 func startEdgeProc(t *testing.T, p *testenv.PKI, dataDir string) *edgeProc {
 	t.Helper()
 	addrFile := filepath.Join(t.TempDir(), "addrs.json")
-	e := &edgeProc{out: &syncBuffer{}, exited: make(chan struct{})}
-	e.cmd = exec.Command(iotkvBin, "edge", "--id", "edge1", "--data", dataDir, "--certs", p.Dir, "--accounts", p.Accounts,
-		"--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--addr-file", addrFile, "--log-level", "debug")
+	return runEdgeProc(t, p, exec.Command(iotkvBin, "edge", "--id", "edge1", "--data", dataDir, "--certs", p.Dir, "--accounts", p.Accounts,
+		"--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--addr-file", addrFile, "--log-level", "debug"), addrFile)
+}
+
+// runEdgeProc starts cmd, an `iotkv edge` writing addrFile, and waits
+// until /readyz answers 200.
+func runEdgeProc(t *testing.T, p *testenv.PKI, cmd *exec.Cmd, addrFile string) *edgeProc {
+	t.Helper()
+	e := &edgeProc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
 	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +43,7 @@ func masterCmd(args []string) error {
 	maxPending := fs.Int("max-pending", 100_000, "keys changed since latest.json held in memory before an early snapshot")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
 	crl := fs.String("crl", "", "certificate revocation list to enforce (default D/crl.pem of --certs D when present; reloaded on change)")
-	if pos, err := cliutil.Parse(fs, args); err != nil {
+	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return cliutil.Usagef("master: unexpected argument %q", pos[0])

@@ -31,10 +31,10 @@ func Usagef(format string, args ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// Exit prints err (one line) and exits: 0 for nil, 2 for usage errors, 1
-// otherwise.
+// Exit prints err (one line) and exits: 0 for nil (and ErrConfigPrinted),
+// 2 for usage errors, 1 otherwise.
 func Exit(prog string, err error) {
-	if err == nil {
+	if err == nil || errors.Is(err, ErrConfigPrinted) {
 		os.Exit(0)
 	}
 	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)

@@ -98,7 +98,7 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	if sub == "put" {
 		ttl = fs.Int64("ttl", 0, "make the key expire this many seconds after the edge commits it (1 s to 10 years; 0: never)")
 	}
-	pos, err := cliutil.Parse(fs, args)
+	pos, err := cliutil.ParseConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}

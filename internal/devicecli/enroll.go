@@ -19,7 +19,7 @@ func runEnroll(args []string, stdout io.Writer) error {
 	name := fs.String("name", "", "the device's name, the CN of its certificate (required)")
 	dir := fs.String("certs", "", "certificate directory for NAME.key and NAME.csr (required)")
 	force := fs.Bool("force", false, "replace an existing key (the old certificate stops working)")
-	pos, err := cliutil.Parse(fs, args)
+	pos, err := cliutil.ParseConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}

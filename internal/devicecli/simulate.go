@@ -22,7 +22,7 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	prefix := fs.String("prefix", "sim-", "sensor names are PREFIX0001, PREFIX0002, ...")
 	acc := fs.String("accounts", "", "accounts file: with --certs holding ca.key, missing identities are created")
 	keys := fs.Int("keys", 0, "distinct keys per sensor (0: every op writes a new key)")
-	pos, err := cliutil.Parse(fs, args)
+	pos, err := cliutil.ParseConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}
