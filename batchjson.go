@@ -62,7 +62,7 @@ func decodeBatchJSON(payload []byte) (Batch, error) {
 
 var (
 	batchFields = []string{"seq", "ops"}
-	opFields    = []string{"op", "key", "value", "ts"}
+	opFields    = []string{"op", "key", "value", "ts", "ttl"}
 )
 
 // readOpen reads the start of an object or array (open is '{' or '['):
@@ -153,6 +153,8 @@ func readOp(dec *jsontext.Decoder, op *Op) error {
 			}
 		case 3:
 			err = readInt(dec, &op.TS)
+		case 4:
+			err = readInt(dec, &op.TTL)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", opFields[f], err)

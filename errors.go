@@ -17,6 +17,7 @@ const (
 	CodeUnauthenticated = "unauthenticated"
 	CodeNotFound        = "not_found"
 	CodeRateLimited     = "rate_limited"
+	CodeQuotaExceeded   = "quota_exceeded"
 	CodeUnavailable     = "unavailable"
 	CodeInternal        = "internal"
 	CodeBadRequest      = "bad_request"

@@ -71,6 +71,15 @@ func FuzzDecodeBatch(f *testing.F) {
 		`{"seq":3,"extra":1,"ops":[{"op":"del","key":"k"}]}`,
 		"{\"seq\":3,\"ops\":[{\"op\":\"del\",\"key\":\"\xff\"}]}",
 		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":1}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":315360000}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":315360001}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":0}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":-3}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":1.5}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":"60"}]}`,
+		`{"seq":5,"ops":[{"op":"del","key":"sess","ttl":60}]}`,
+		`{"seq":5,"ops":[{"op":"put","key":"sess","value":"x","ttl":1e3}]}`,
 		`null`, ``, `{}`,
 		`{"seq":21000000000000000000,"ops":[{"op":"del","key":"k"}]}`,
 		`{"SEQ":5,"Ops":[{"OP":"put","kEy":"k","Value":null,"TS":null}]}`,
@@ -124,6 +133,9 @@ func FuzzDecodeBatch(f *testing.F) {
 				t.Fatalf("op %d accepted in a batch, refused alone: %v", i, err)
 			}
 			checkAcceptedKey(t, op.Key)
+			if op.TTL != nil && (op.Op != iotkv.OpPut || *op.TTL < iotkv.MinTTL || *op.TTL > iotkv.MaxTTL) {
+				t.Fatalf("op %d: accepted %s with ttl %d", i, op.Op, *op.TTL)
+			}
 			switch op.Op {
 			case iotkv.OpPut:
 				checkAcceptedValue(t, op.Value)
@@ -145,6 +157,11 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 		if b2.Seq != b.Seq || len(b2.Ops) != len(b.Ops) {
 			t.Fatalf("round trip changed the batch: %+v vs %+v", b, b2)
+		}
+		for i := range b.Ops {
+			if (b.Ops[i].TTL == nil) != (b2.Ops[i].TTL == nil) || b.Ops[i].TTL != nil && *b.Ops[i].TTL != *b2.Ops[i].TTL {
+				t.Fatalf("round trip changed op %d's ttl", i)
+			}
 		}
 	})
 }

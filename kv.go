@@ -21,6 +21,23 @@ type Op struct {
 	Value json.RawMessage `json:"value,omitempty"`
 	// TS is the device's clock in ms since the epoch; optional.
 	TS *int64 `json:"ts,omitempty"`
+	// TTL, on a put, makes the key expire TTL seconds after the edge
+	// commits it (MinTTL to MaxTTL); optional.
+	TTL *int64 `json:"ttl,omitempty"`
+}
+
+// The range of an op's ttl, in seconds.
+const (
+	MinTTL = 1
+	MaxTTL = 10 * 365 * 24 * 3600 // 10 years
+)
+
+// ValidateTTL checks a ttl in seconds.
+func ValidateTTL(ttl int64) error {
+	if ttl < MinTTL || ttl > MaxTTL {
+		return Errorf(CodeInvalidBatch, "ttl must be an integer from %d to %d seconds, not %d", MinTTL, MaxTTL, ttl)
+	}
+	return nil
 }
 
 // Batch is what a device publishes on its batch topic. Its ops apply
@@ -215,10 +232,18 @@ func (l Limits) validateOp(op Op, validateValue func([]byte) error) error {
 		if op.Value == nil {
 			return Errorf(CodeInvalidBatch, "put of %q has no value", op.Key)
 		}
+		if op.TTL != nil {
+			if err := ValidateTTL(*op.TTL); err != nil {
+				return fmt.Errorf("put of %q: %w", op.Key, err)
+			}
+		}
 		return validateValue(op.Value)
 	case OpDel:
 		if op.Value != nil {
 			return Errorf(CodeInvalidBatch, "del of %q must not carry a value", op.Key)
+		}
+		if op.TTL != nil {
+			return Errorf(CodeInvalidBatch, "del of %q must not carry a ttl", op.Key)
 		}
 		return nil
 	default:

@@ -85,6 +85,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		{"8", "Scaling with stored keys", r.scenScale},
 		{"9", "Master on S3 (versitygw): backup lag and PUTs at the default flush", r.scenS3},
 		{"10", "Live watch: writers' PUBACK p99 with 100 watchers (10 stalled) vs none", r.scenWatch},
+		{"11", "Quotas: 49 devices at a normal rate and one flooding", r.scenQuota},
 	}
 	start := time.Now()
 	for _, s := range scenarios {

@@ -37,6 +37,11 @@ func Serve(kind string, args []string) error {
 	authCache := fs.Int("auth-cache", 0, "edge AuthCacheSize (-1 disables)")
 	restoreFrom := fs.String("restore-from", "", "edge: restore the data dir from this master first")
 	edgeAddr := fs.String("edge-addr", "", "master: the edge's MQTT address")
+	// The harness measures the edge without quotas (scenario 8 stores
+	// more keys than the default per-device quota); scenario 11 sets them.
+	quotaKeys := fs.Int64("quota-keys", -1, "edge: most keys per device (-1: no limit)")
+	quotaBytes := fs.Int64("quota-bytes", -1, "edge: most stored bytes per device (-1: no limit)")
+	rateOps := fs.Int64("rate-ops", -1, "edge: ops per second per device (-1: no limit)")
 	snapshot := fs.Duration("snapshot-interval", 2*time.Second, "master: snapshot interval")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -70,6 +75,7 @@ func Serve(kind string, args []string) error {
 			ID: EdgeID, DataDir: *data, TLSFiles: paths, Accounts: *acc,
 			MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AuthCacheSize: *authCache,
 			MaxClients: 20_000, Logger: log,
+			Quota: edge.QuotaOptions{Keys: *quotaKeys, Bytes: *quotaBytes, RateOps: *rateOps},
 			Watch: edge.WatchOptions{MaxPerAccount: 1000}, // scenario 10 opens 100 watchers as one account
 		})
 		if err != nil {

@@ -323,7 +323,7 @@ func reasonCode(code string) packets.Code {
 		return packets.ErrQuotaExceeded
 	case iotkv.CodeNotAuthorized:
 		return packets.ErrNotAuthorized
-	case iotkv.CodeRateLimited:
+	case iotkv.CodeRateLimited, iotkv.CodeQuotaExceeded:
 		return packets.ErrQuotaExceeded
 	default:
 		return packets.ErrPayloadFormatInvalid

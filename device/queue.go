@@ -28,6 +28,7 @@ type op struct {
 	key   string
 	value json.RawMessage
 	ts    *int64
+	ttl   *int64 // seconds, counted from the edge's commit
 	json  []byte // the op as it goes into a batch payload
 	size  int64  // bytes it counts against the queue limit
 	dead  bool   // coalesced away by a later op on the same key
@@ -199,6 +200,10 @@ func (q *queue) applyRecord(typ byte, body []byte) error {
 			ts := d.varint()
 			o.ts = &ts
 		}
+		if flags&flagTTL != 0 {
+			ttl := d.varint()
+			o.ttl = &ttl
+		}
 		o.key = string(d.bytes())
 		if v := d.bytes(); !o.del {
 			o.value = json.RawMessage(append([]byte(nil), v...))
@@ -238,7 +243,7 @@ func (o *op) encode() error {
 	if o.del {
 		kind = iotkv.OpDel
 	}
-	j, err := json.Marshal(iotkv.Op{Op: kind, Key: o.key, Value: o.value, TS: o.ts})
+	j, err := json.Marshal(iotkv.Op{Op: kind, Key: o.key, Value: o.value, TS: o.ts, TTL: o.ttl})
 	if err != nil {
 		return fmt.Errorf("encode op %q: %w", o.key, err)
 	}
@@ -255,9 +260,15 @@ func (o *op) body() []byte {
 	if o.ts != nil {
 		flags |= flagTS
 	}
+	if o.ttl != nil {
+		flags |= flagTTL
+	}
 	b = append(b, flags)
 	if o.ts != nil {
 		b = binary.AppendVarint(b, *o.ts)
+	}
+	if o.ttl != nil {
+		b = binary.AppendVarint(b, *o.ttl)
 	}
 	b = appendBytes(b, []byte(o.key))
 	return appendBytes(b, o.value)
@@ -384,7 +395,7 @@ func (q *queue) check() error {
 // appendOp queues o in memory and in the write buffer; it returns the LSN
 // to wait on for durability.
 func (q *queue) appendOp(o iotkv.Op) (uint64, error) {
-	e := &op{key: o.Key, del: o.Op == iotkv.OpDel, ts: o.TS, at: time.Now()}
+	e := &op{key: o.Key, del: o.Op == iotkv.OpDel, ts: o.TS, ttl: o.TTL, at: time.Now()}
 	if !e.del {
 		e.value = o.Value
 	}

@@ -22,6 +22,7 @@ const (
 const (
 	flagDel byte = 1 << 0
 	flagTS  byte = 1 << 1
+	flagTTL byte = 1 << 2
 )
 
 // headerSize is the record header: payload length and CRC-32C of the

@@ -216,7 +216,7 @@ func (c *Client) rejected(seq uint64, code, msg string) bool {
 			if o.del {
 				kind = iotkv.OpDel
 			}
-			r.Ops = append(r.Ops, iotkv.Op{Op: kind, Key: o.key, Value: o.value, TS: o.ts})
+			r.Ops = append(r.Ops, iotkv.Op{Op: kind, Key: o.key, Value: o.value, TS: o.ts, TTL: o.ttl})
 		}
 		c.opts.OnReject(r)
 	}

@@ -26,10 +26,14 @@ type writeReq struct {
 	device string
 	seq    uint64
 	ops    []iotkv.Op
+	usage  usage // what the ops change in the device's counters (set by admit)
 	// refused is set for a write that failed validation: it applies
 	// nothing but is answered in order with the others.
 	refused error
-	done    func(commitResult)
+	// expire, set by the sweeper, makes ops deletes of expired keys:
+	// expire[i] is the expiry the index holds for ops[i] (expiry.go).
+	expire []int64
+	done   func(commitResult)
 }
 
 type commitResult struct {
@@ -58,6 +62,7 @@ type committer struct {
 	onCommit func(committed)
 	now      func() time.Time
 	metrics  *commitMetrics
+	quotas   *quotas
 
 	mu     sync.RWMutex // guards closed against Submit; held shared while sending
 	closed bool
@@ -66,14 +71,16 @@ type committer struct {
 	done   chan struct{}
 
 	// Owned by the loop goroutine.
-	devs map[string]devState
-	cseq uint64
+	devs    map[string]devState
+	cseq    uint64
+	scratch []byte // admit's record encoding buffer
 
 	failed atomic.Bool // set by the first failed commit; see loop
 }
 
-func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onCommit func(committed)) (*committer, error) {
+func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q QuotaOptions, onCommit func(committed)) (*committer, error) {
 	c := &committer{
+		quotas:   newQuotas(q),
 		store:    store,
 		log:      log,
 		maxGroup: 1024,
@@ -93,8 +100,17 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, onC
 		return nil, err
 	}
 	for _, d := range devs {
-		c.devs[d.Device] = devState{seq: d.LastSeq, lastWrite: d.LastWrite, refused: d.Refused}
+		c.devs[d.Device] = devState{seq: d.LastSeq, lastWrite: d.LastWrite, refused: d.Refused, keys: d.Keys, bytes: d.Bytes}
 	}
+	if counted, err := store.usageCounted(); err != nil {
+		return nil, err
+	} else if !counted {
+		if err := store.recount(c.devs); err != nil {
+			return nil, err
+		}
+	}
+	// Everything on disk at start is durable: reads see it from here on.
+	store.view.publish(store.db.NewSnapshot())
 	if c.cseq, err = store.lastChangeSeq(); err != nil {
 		return nil, err
 	}
@@ -140,6 +156,8 @@ type group struct {
 	indexBytes int64
 	nops       int
 	start      time.Time
+	recs       map[string]recInfo // records this group wrote, by record key
+	snap       *pebble.Snapshot   // the store just after this group: published once it is durable
 }
 
 // loop builds each group and applies it to Pebble without waiting for the
@@ -179,7 +197,7 @@ func (c *committer) loop() {
 }
 
 func (c *committer) apply(reqs []*writeReq) *group {
-	g := &group{reqs: reqs, start: c.now(), results: make([]commitResult, len(reqs)), pending: map[string]devState{}}
+	g := &group{reqs: reqs, start: c.now(), results: make([]commitResult, len(reqs)), pending: map[string]devState{}, recs: map[string]recInfo{}}
 	if c.failed.Load() {
 		g.err = errFailed
 		return g
@@ -194,8 +212,22 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			st = c.devs[r.device]
 		}
 		last := st.seq
+		if r.expire != nil {
+			var err error
+			if cseq, err = c.applyExpiry(g, batch, r, &st, cseq, nowMs); err != nil {
+				g.results[i].err = err
+				continue
+			}
+			g.pending[r.device] = st
+			_ = batch.Set(deviceKey(r.device), st.meta(), nil)
+			continue
+		}
+		if r.refused == nil && !(r.seq > 0 && r.seq <= last) {
+			r.refused = c.admit(g, r, st, cseq, nowMs)
+		}
 		if r.refused != nil {
 			g.results[i].err = r.refused
+			c.metrics.refused.WithLabelValues(iotkv.CodeOf(r.refused)).Inc()
 			if r.seq > last {
 				// Every later status/ack lists it: a device that missed
 				// the status/error must not count the batch as applied
@@ -218,15 +250,25 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			g.nops++
 			ch := Change{Seq: cseq, Device: r.device, Key: op.Key, Op: op.Op, UpdatedAt: nowMs, DeviceSeq: r.seq}
 			rk := recordKey(r.device, op.Key)
+			old := g.recs[string(rk)] // admit looked every key up
+			if old.expiry != 0 {
+				_ = batch.Delete(expiryKey(old.expiry, r.device, op.Key), nil)
+			}
 			if op.Op == iotkv.OpPut {
 				sr := storedRecord{Value: op.Value, TS: op.TS, UpdatedAt: nowMs, Seq: r.seq, ChangeSeq: cseq}
+				if op.TTL != nil {
+					sr.Expiry = nowMs + *op.TTL*1000
+					_ = batch.Set(expiryKey(sr.Expiry, r.device, op.Key), nil, nil)
+				}
 				buf = appendRecord(buf[:0], sr)
 				_ = batch.Set(rk, buf, nil) // Set copies
+				g.recs[string(rk)] = infoOf(op.Key, buf)
 
 				ch.Value, ch.TS = op.Value, op.TS
 				recs[j] = sr.record(r.device, op.Key)
 			} else {
 				_ = batch.Delete(rk, nil)
+				g.recs[string(rk)] = recInfo{}
 				recs[j] = iotkv.Record{Device: r.device, Key: op.Key, UpdatedAt: nowMs, Seq: r.seq, ChangeSeq: cseq}
 			}
 			buf = appendChange(buf[:0], ch)
@@ -243,6 +285,8 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			st.refused = withRefusal(st.refused, r.seq, "") // applied now, under a refused seq
 		}
 		st.lastWrite = nowMs
+		st.keys += r.usage.keys
+		st.bytes += r.usage.bytes
 		g.pending[r.device] = st
 		_ = batch.Set(deviceKey(r.device), st.meta(), nil)
 	}
@@ -257,6 +301,7 @@ func (c *committer) apply(reqs []*writeReq) *group {
 		return g
 	}
 	g.batch = batch
+	g.snap = c.store.db.NewSnapshot() // before the next group is applied
 	c.cseq = cseq
 	for d, s := range g.pending {
 		c.devs[d] = s
@@ -267,13 +312,14 @@ func (c *committer) apply(reqs []*writeReq) *group {
 // devState is what the committer knows of one device: its last applied
 // seq, its last write, and its recent refusals.
 type devState struct {
-	seq       uint64
-	lastWrite int64
-	refused   []iotkv.Refusal // never modified in place: acks share it
+	seq         uint64
+	lastWrite   int64
+	refused     []iotkv.Refusal // never modified in place: acks share it
+	keys, bytes int64           // exact: kept in the same batch as the records
 }
 
 func (s devState) meta() []byte {
-	b, _ := json.Marshal(deviceMeta{LastSeq: s.seq, LastWrite: s.lastWrite, Refused: s.refused})
+	b, _ := json.Marshal(deviceMeta{LastSeq: s.seq, LastWrite: s.lastWrite, Refused: s.refused, Keys: s.keys, Bytes: s.bytes})
 	return b
 }
 
@@ -325,6 +371,11 @@ func (c *committer) syncLoop() {
 			} else if c.failed.Load() {
 				g.err = errFailed // an earlier group failed: this one's seq state is suspect
 			}
+			if g.err == nil {
+				c.store.view.publish(g.snap) // before any PUBACK: a reader after it sees the write
+			} else {
+				_ = g.snap.Close() // never readable
+			}
 		}
 		c.metrics.commitSeconds.Observe(c.now().Sub(g.start).Seconds())
 		c.metrics.groupSize.Observe(float64(len(g.reqs)))
@@ -355,6 +406,7 @@ type commitMetrics struct {
 	ops           prometheus.Counter
 	writes        prometheus.Counter
 	commitErrors  prometheus.Counter
+	refused       *prometheus.CounterVec
 }
 
 func newCommitMetrics(reg prometheus.Registerer) (*commitMetrics, error) {
@@ -370,8 +422,10 @@ func newCommitMetrics(reg prometheus.Registerer) (*commitMetrics, error) {
 		ops:          prometheus.NewCounter(prometheus.CounterOpts{Name: "iotkv_ops_applied_total", Help: "Ops (puts and deletes) applied."}),
 		writes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "iotkv_writes_committed_total", Help: "Writes (batches, messages, REST writes) committed or acknowledged as duplicates."}),
 		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotkv_commit_errors_total", Help: "Group commits that failed; none of their writes were acknowledged."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotkv_writes_refused_total",
+			Help: "Writes (batches, messages, REST writes) refused whole, by error code (quota_exceeded, rate_limited, invalid_batch, ...)."}, []string{"code"}),
 	}
-	for _, col := range []prometheus.Collector{m.commitSeconds, m.groupSize, m.ops, m.writes, m.commitErrors} {
+	for _, col := range []prometheus.Collector{m.commitSeconds, m.groupSize, m.ops, m.writes, m.commitErrors, m.refused} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("register commit metrics: %w", err)
 		}

@@ -64,6 +64,9 @@ type Options struct {
 	// DialOut carries the stream to masters the edge dials (none: only
 	// masters that dial the edge follow it).
 	DialOut DialOutOptions
+	// Quota bounds each device's keys, bytes and write rate (quota.go);
+	// zero fields take the defaults (100,000 keys, 256 MiB, 5,000 ops/s).
+	Quota QuotaOptions
 	// History keeps the change log longer for GET /v1/history; Watch
 	// bounds the live watchers of GET /v1/watch.
 	History HistoryOptions
@@ -138,6 +141,7 @@ type Edge struct {
 	http     *rest.Server
 	backup   *backup
 	dialOut  *dialOut
+	sweeper  *sweeper
 	hub      *hub
 
 	backupStarted bool
@@ -184,7 +188,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.c, err = newCommitter(e.store, e.log, reg, e.committed)
+	e.c, err = newCommitter(e.store, e.log, reg, opts.Quota, e.committed)
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +248,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	e.backup.start()
 	e.backupStarted = true
 	e.dialOut.start()
+	e.sweeper = newSweeper(e.c, e.store, e.log) // its deletes publish acks: after the broker
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopWatch = cancel
 	e.wg.Add(2)
@@ -364,6 +369,9 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.http != nil {
 			errs = append(errs, e.http.Close(ctx))
+		}
+		if e.sweeper != nil {
+			e.sweeper.close() // before the committer it writes through
 		}
 		if e.c != nil {
 			e.c.close()

@@ -18,7 +18,13 @@ import (
 // to that.
 
 func appendRecord(dst []byte, r storedRecord) []byte {
-	dst = append(dst, `{"v":`...)
+	if r.Expiry != 0 {
+		dst = append(dst, `{"x":`...)
+		dst = strconv.AppendInt(dst, r.Expiry, 10)
+		dst = append(dst, `,"v":`...)
+	} else {
+		dst = append(dst, `{"v":`...)
+	}
 	dst = append(dst, r.Value...)
 	if r.TS != nil {
 		dst = append(dst, `,"ts":`...)

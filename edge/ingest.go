@@ -69,8 +69,12 @@ func (k *kv) write(ctx context.Context, device string, op iotkv.Op) (iotkv.Recor
 	}
 }
 
-func (k *kv) Put(ctx context.Context, device, key string, value json.RawMessage) (iotkv.Record, error) {
-	return k.write(ctx, device, iotkv.Op{Op: iotkv.OpPut, Key: key, Value: value})
+func (k *kv) Put(ctx context.Context, device, key string, value json.RawMessage, ttl int64) (iotkv.Record, error) {
+	op := iotkv.Op{Op: iotkv.OpPut, Key: key, Value: value}
+	if ttl != 0 {
+		op.TTL = &ttl
+	}
+	return k.write(ctx, device, op)
 }
 
 func (k *kv) Delete(ctx context.Context, device, key string) error {
@@ -88,7 +92,7 @@ func (k *kv) Devices(context.Context) ([]rest.DeviceInfo, error) {
 	seen := map[string]bool{}
 	for _, d := range devs {
 		seen[d.Device] = true
-		out = append(out, rest.DeviceInfo{Device: d.Device, LastSeq: d.LastSeq, LastWrite: d.LastWrite, Connected: conn[d.Device]})
+		out = append(out, rest.DeviceInfo{Device: d.Device, LastSeq: d.LastSeq, LastWrite: d.LastWrite, Connected: conn[d.Device], Keys: d.Keys, Bytes: d.Bytes})
 	}
 	for name := range conn {
 		if !seen[name] {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -24,13 +25,16 @@ import (
 //	d\0{device}         -> deviceMeta (JSON)
 //	c\0{changeSeq:8 BE} -> Change (JSON): the change log the backup stream and history read
 //	h\0{device}\0{key}\0{changeSeq:8 BE} -> at: the history index (history.go)
-//	m\0...              -> edge metadata (incarnation)
+//	x\0{expiry ms:8 BE}{device}\0{key} -> empty: the expiry index (expiry.go)
+//	m\0...              -> edge metadata (incarnation, change seq, usage marker)
 var (
-	prefixRecord = []byte("r\x00")
-	prefixDevice = []byte("d\x00")
-	prefixChange = []byte("c\x00")
-	keyIncarn    = []byte("m\x00incarnation")
-	keyChangeSeq = []byte("m\x00cseq")
+	prefixRecord    = []byte("r\x00")
+	prefixDevice    = []byte("d\x00")
+	prefixChange    = []byte("c\x00")
+	prefixExpiry    = []byte("x\x00")
+	keyIncarn       = []byte("m\x00incarnation")
+	keyChangeSeq    = []byte("m\x00cseq")
+	keyUsageCounted = []byte("m\x00usage") // present: device records hold exact key and byte counts
 )
 
 func recordKey(device, key string) []byte {
@@ -64,6 +68,9 @@ func prefixEnd(p []byte) []byte {
 }
 
 type storedRecord struct {
+	// Expiry (ms since the epoch, 0: none) comes first so the committer
+	// reads it without decoding the record (recordExpiry).
+	Expiry    int64           `json:"x,omitempty"`
 	Value     json.RawMessage `json:"v"`
 	TS        *int64          `json:"ts,omitempty"`
 	UpdatedAt int64           `json:"u"`
@@ -79,6 +86,8 @@ type deviceMeta struct {
 	LastSeq   uint64          `json:"last_seq"`
 	LastWrite int64           `json:"last_write"` // ms
 	Refused   []iotkv.Refusal `json:"refused,omitempty"`
+	Keys      int64           `json:"keys,omitempty"`  // live keys
+	Bytes     int64           `json:"bytes,omitempty"` // see QuotaOptions.Bytes
 }
 
 // Change is one entry of the change log: the backup stream's unit. The
@@ -95,6 +104,10 @@ type Store struct {
 	// Incarnation is a random id made when the store is created, so a
 	// rebuilt edge whose seqs restart never collides with its past.
 	Incarnation string
+	// view is what reads see: the store as of the last durable group
+	// (durable.go). Until the committer publishes one, reads go to Pebble.
+	view durableView
+	now  func() time.Time // the clock reads check expiry against
 	// indexHistory: the committer writes the history index.
 	indexHistory bool
 }
@@ -134,7 +147,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, log: o.Logger, indexHistory: !o.NoHistory}
+	s := &Store{db: db, dir: dir, log: o.Logger, now: time.Now, indexHistory: !o.NoHistory}
 	inc, err := s.get(keyIncarn)
 	switch {
 	case err == nil:
@@ -156,6 +169,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 
 // Close closes Pebble.
 func (s *Store) Close() error {
+	s.view.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.dir, err)
 	}
@@ -174,20 +188,31 @@ func (s *Store) get(k []byte) ([]byte, error) {
 // ErrNotFound is returned by Get for a missing key.
 var ErrNotFound = iotkv.ErrNotFound
 
-// Get reads one record.
+// Get reads one record as of the last durable group. An expired record
+// reads as not found, whether or not the sweeper has deleted it yet.
 func (s *Store) Get(device, key string) (iotkv.Record, error) {
-	v, err := s.get(recordKey(device, key))
+	r, release := s.view.acquire(s.db)
+	defer release()
+	v, closer, err := r.Get(recordKey(device, key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return iotkv.Record{}, ErrNotFound
 	}
 	if err != nil {
 		return iotkv.Record{}, fmt.Errorf("get %s/%s: %w", device, key, err)
 	}
+	defer closer.Close()
 	var sr storedRecord
 	if err := json.Unmarshal(v, &sr); err != nil {
 		return iotkv.Record{}, fmt.Errorf("decode %s/%s: %w", device, key, err)
 	}
+	if sr.expired(s.now()) {
+		return iotkv.Record{}, ErrNotFound
+	}
 	return sr.record(device, key), nil
+}
+
+func (sr *storedRecord) expired(now time.Time) bool {
+	return sr.Expiry != 0 && now.UnixMilli() >= sr.Expiry
 }
 
 // List returns up to limit records of device whose keys start with prefix
@@ -201,7 +226,10 @@ func (s *Store) List(device, prefix, after string, limit int) ([]iotkv.Record, s
 		}
 	}
 	upper := prefixEnd(append(append([]byte{}, base...), prefix...))
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	r, release := s.view.acquire(s.db)
+	defer release()
+	now := s.now()
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return nil, "", fmt.Errorf("list %s: %w", device, err)
 	}
@@ -214,6 +242,9 @@ func (s *Store) List(device, prefix, after string, limit int) ([]iotkv.Record, s
 		var sr storedRecord
 		if err := json.Unmarshal(it.Value(), &sr); err != nil {
 			return nil, "", fmt.Errorf("decode %q: %w", it.Key(), err)
+		}
+		if sr.expired(now) {
+			continue
 		}
 		out = append(out, sr.record(device, string(it.Key()[len(base):])))
 	}
@@ -229,6 +260,8 @@ type DeviceInfo struct {
 	LastSeq   uint64
 	LastWrite int64
 	Refused   []iotkv.Refusal // the most recent refused batches, oldest first
+	Keys      int64           // live keys (expired ones count until swept)
+	Bytes     int64           // stored bytes, see QuotaOptions.Bytes
 }
 
 // Devices lists every device that has written.
@@ -239,7 +272,7 @@ func (s *Store) Devices() ([]DeviceInfo, error) {
 		if err := json.Unmarshal(v, &m); err != nil {
 			return fmt.Errorf("decode device %q: %w", k, err)
 		}
-		out = append(out, DeviceInfo{Device: string(k[len(prefixDevice):]), LastSeq: m.LastSeq, LastWrite: m.LastWrite, Refused: m.Refused})
+		out = append(out, DeviceInfo{Device: string(k[len(prefixDevice):]), LastSeq: m.LastSeq, LastWrite: m.LastWrite, Refused: m.Refused, Keys: m.Keys, Bytes: m.Bytes})
 		return nil
 	})
 	return out, err

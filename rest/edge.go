@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,8 +26,9 @@ type KV interface {
 	// List returns records of device with keys starting with prefix and
 	// after `after`, at most limit, and the key to continue after.
 	List(ctx context.Context, device, prefix, after string, limit int) ([]iotkv.Record, string, error)
-	// Put and Delete return once the write is durable.
-	Put(ctx context.Context, device, key string, value json.RawMessage) (iotkv.Record, error)
+	// Put and Delete return once the write is durable. ttl, when not 0,
+	// makes the key expire that many seconds after the write.
+	Put(ctx context.Context, device, key string, value json.RawMessage, ttl int64) (iotkv.Record, error)
 	Delete(ctx context.Context, device, key string) error
 	// Devices lists the devices seen, as JSON-encodable values.
 	Devices(ctx context.Context) ([]DeviceInfo, error)
@@ -38,6 +40,8 @@ type DeviceInfo struct {
 	LastSeq   uint64 `json:"last_seq"`
 	LastWrite int64  `json:"last_write"`
 	Connected bool   `json:"connected"`
+	Keys      int64  `json:"keys"`  // live keys
+	Bytes     int64  `json:"bytes"` // stored bytes the device's quota counts
 }
 
 // EdgeOptions configure the edge's handler.
@@ -216,11 +220,23 @@ func (h *edgeHandler) put(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	var ttl int64
+	if s := r.URL.Query().Get("ttl"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err == nil {
+			err = iotkv.ValidateTTL(n)
+		}
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, iotkv.CodeBadRequest, fmt.Sprintf("ttl must be an integer from %d to %d seconds", iotkv.MinTTL, iotkv.MaxTTL))
+			return
+		}
+		ttl = n
+	}
 	v, ok := h.readValue(w, r)
 	if !ok {
 		return
 	}
-	rec, err := h.o.KV.Put(r.Context(), device, key, v)
+	rec, err := h.o.KV.Put(r.Context(), device, key, v, ttl)
 	if err != nil {
 		WriteErr(w, err)
 		return

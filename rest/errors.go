@@ -37,7 +37,7 @@ func statusOf(code string) int {
 		return http.StatusNotFound
 	case iotkv.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
-	case iotkv.CodeNotAuthorized:
+	case iotkv.CodeNotAuthorized, iotkv.CodeQuotaExceeded:
 		return http.StatusForbidden
 	case iotkv.CodeUnauthenticated:
 		return http.StatusUnauthorized

@@ -70,7 +70,7 @@ func (g *guardKV) List(ctx context.Context, device, prefix, after string, limit 
 	return nil, "", nil
 }
 
-func (g *guardKV) Put(ctx context.Context, device, key string, value json.RawMessage) (iotkv.Record, error) {
+func (g *guardKV) Put(ctx context.Context, device, key string, value json.RawMessage, _ int64) (iotkv.Record, error) {
 	g.check(ctx, device, key, true, true)
 	if err := g.limits.ValidateValue(value); err != nil {
 		g.t.Fatalf("store reached with invalid value %q: %v", value, err)

@@ -36,7 +36,7 @@ func (m *memKV) List(context.Context, string, string, string, int) ([]iotkv.Reco
 	return nil, "", nil
 }
 
-func (m *memKV) Put(_ context.Context, device, key string, v json.RawMessage) (iotkv.Record, error) {
+func (m *memKV) Put(_ context.Context, device, key string, v json.RawMessage, _ int64) (iotkv.Record, error) {
 	r := iotkv.Record{Device: device, Key: key, Value: v, UpdatedAt: 1}
 	m.recs[device+"\x00"+key] = r
 	return r, nil

@@ -68,7 +68,12 @@ func (h *edgeHandler) seedPut(w http.ResponseWriter, r *http.Request) {
 		text(w, http.StatusRequestEntityTooLarge, "failure")
 		return
 	}
-	if _, err := h.o.KV.Put(r.Context(), device, key, v); err != nil {
+	if _, err := h.o.KV.Put(r.Context(), device, key, v, 0); err != nil {
+		var ie *iotkv.Error
+		if errors.As(err, &ie) {
+			text(w, statusOf(ie.Code), "failure")
+			return
+		}
 		text(w, http.StatusInternalServerError, "failure")
 		return
 	}

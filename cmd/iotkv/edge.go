@@ -42,6 +42,9 @@ func edgeCmd(args []string) error {
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
 	masters := fs.String("master", "", "dial out to masters and carry the backup stream there: mqtts://host:port[,mqtts://host2:port] (their --listen-edges)")
+	quotaKeys := fs.Int64("quota-keys", edge.DefaultQuotaKeys, "most live keys per device (0: no limit)")
+	quotaBytesS := fs.String("quota-bytes", "256MiB", "most stored key+value bytes per device (B, KiB, MiB, GiB; 0: no limit)")
+	rateOps := fs.Int64("rate-ops", edge.DefaultRateOps, "sustained ops per second per device, with a burst of 10 s of them (0: no limit)")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
 	histRetain := &durationValue{7 * 24 * time.Hour}
 	fs.Var(histRetain, "history-retain", "how long the history of every key is kept (GET /v1/history), e.g. 7d; 0 turns history off")
@@ -65,6 +68,19 @@ func edgeCmd(args []string) error {
 	}
 	if err := checkRestoreURL(*restoreFrom); err != nil {
 		return err
+	}
+	quotaBytes, err := parseBytes(*quotaBytesS)
+	if err != nil {
+		return cliutil.Usagef("edge: --quota-bytes: %v", err)
+	}
+	if *quotaKeys < 0 || *rateOps < 0 {
+		return cliutil.Usagef("edge: --quota-keys and --rate-ops must not be negative")
+	}
+	noLimit := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
 	}
 	var dial edge.DialOutOptions
 	if *masters != "" {
@@ -138,6 +154,7 @@ func edgeCmd(args []string) error {
 		MemTableSize: *memtable << 20,
 		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
 		DialOut:      dial,
+		Quota:        edge.QuotaOptions{Keys: noLimit(*quotaKeys), Bytes: noLimit(int64(quotaBytes)), RateOps: noLimit(*rateOps)},
 		History:      edge.HistoryOptions{Off: histRetain.d == 0, Retain: histRetain.d, MaxBytes: histBytes.n},
 		Watch:        edge.WatchOptions{MaxTotal: *maxWatchers, MaxPerAccount: *maxWatchersAcct},
 		Logger:       log,

@@ -20,7 +20,7 @@ import (
 	"github.com/iotkv/iotkv/internal/cliutil"
 )
 
-const usage = `usage: device put KEY VALUE | get KEY | del KEY | history KEY [--since 1h] | shell | simulate | enroll [flags]
+const usage = `usage: device put [--ttl S] KEY VALUE | get KEY | del KEY | history KEY [--since 1h] | shell | simulate | enroll [flags]
 
 flags (before or after the arguments):
   --name N --password-file F --certs D [--ca F --cert F --key F]
@@ -94,6 +94,10 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	if sub == "history" {
 		fs.DurationVar(&since, "since", 0, "history: only ops of the last DURATION (e.g. 1h, 30m); default all the edge keeps")
 	}
+	var ttl *int64
+	if sub == "put" {
+		ttl = fs.Int64("ttl", 0, "make the key expire this many seconds after the edge commits it (1 s to 10 years; 0: never)")
+	}
 	pos, err := cliutil.ParseConfig(fs, args, stdout)
 	if err != nil {
 		return err
@@ -107,6 +111,11 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	}
 	if f.name == "" {
 		return cliutil.Usagef("device %s: --name is required", sub)
+	}
+	if ttl != nil && *ttl != 0 {
+		if err := iotkv.ValidateTTL(*ttl); err != nil {
+			return cliutil.Usagef("device put: --ttl: %v", err)
+		}
 	}
 	if err := iotkv.ValidateName(f.name); err != nil {
 		return cliutil.Usagef("device %s: --name: %v", sub, err)
@@ -154,7 +163,15 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 	defer c.Close()
 	switch sub {
 	case "put":
-		if err := c.Put(ctx, pos[0], ParseValue(pos[1])); err != nil {
+		op := iotkv.Op{Op: iotkv.OpPut, Key: pos[0], Value: ParseValue(pos[1])}
+		if *ttl != 0 {
+			op.TTL = ttl
+		}
+		wait, err := c.Enqueue(ctx, op)
+		if err == nil {
+			err = wait()
+		}
+		if err != nil {
 			return err
 		}
 	case "del":

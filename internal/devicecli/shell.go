@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 	"github.com/iotkv/iotkv/device"
 )
 
-// shell runs commands from in, one per line: put K V, get K, del K, flush,
+// shell runs commands from in, one per line: put K V [ttl=S], get K, del K, flush,
 // quit; and the seed's menu form: w / key / value, r / key, d / key, q.
 // Puts and deletes are queued without waiting for each fsync (they are
 // made durable together); get and flush wait for everything before them.
@@ -102,10 +103,17 @@ loop:
 		case "put":
 			key, value, ok := strings.Cut(arg, " ")
 			if !ok {
-				report(errors.New("usage: put KEY VALUE"))
+				report(errors.New("usage: put KEY VALUE [ttl=SECONDS]"))
 				continue
 			}
-			enqueue(iotkv.Op{Op: iotkv.OpPut, Key: key, Value: ParseValue(strings.TrimSpace(value))})
+			op := iotkv.Op{Op: iotkv.OpPut, Key: key}
+			value, ttl, err := cutTTL(strings.TrimSpace(value))
+			if err != nil {
+				report(err)
+				continue
+			}
+			op.Value, op.TTL = ParseValue(value), ttl
+			enqueue(op)
 		case "get":
 			if arg == "" {
 				report(errors.New("usage: get KEY"))
@@ -142,4 +150,20 @@ loop:
 		return fmt.Errorf("shell: %d command(s) failed", failed)
 	}
 	return nil
+}
+
+// cutTTL splits a trailing " ttl=SECONDS" off a put's value.
+func cutTTL(value string) (string, *int64, error) {
+	i := strings.LastIndex(value, " ttl=")
+	if i < 0 {
+		return value, nil, nil
+	}
+	n, err := strconv.ParseInt(value[i+len(" ttl="):], 10, 64)
+	if err == nil {
+		err = iotkv.ValidateTTL(n)
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("put: ttl=%s: want an integer from %d to %d seconds", value[i+len(" ttl="):], iotkv.MinTTL, iotkv.MaxTTL)
+	}
+	return strings.TrimSpace(value[:i]), &n, nil
 }
