@@ -89,6 +89,9 @@ type follower struct {
 	// says (the store's current one), so an edge that is away still has
 	// its devices in the fleet directory.
 	startInc func() (string, error)
+	// askBlind: with no incarnation known, ask for everything at connect
+	// (the store holds nothing) instead of waiting for the hello.
+	askBlind bool
 
 	// Worker only.
 	end       uint64 // last change held, durable or not
@@ -203,11 +206,14 @@ func (f *follower) handle(ev event) {
 		f.onHello(ev.payload)
 	case "connected":
 		f.setConnected(+1)
-		if f.inc != "" {
+		// A store that knows no incarnation asks at once when it holds
+		// nothing either (files); on S3 another master may have stored
+		// the stream already, so the hello's incarnation is read first.
+		if f.inc != "" || f.askBlind {
 			f.request("connected")
 		}
 	case "resubscribed": // another connection of a dial-out edge
-		if f.inc != "" {
+		if f.inc != "" || f.askBlind {
 			f.request("connected")
 		}
 	case "lost":

@@ -395,6 +395,7 @@ func (m *Master) newFollower(id, addr string) (*follower, error) {
 	}
 	inc, seq := fst.position()
 	f := newFollower(id, addr, &m.opts, m.met, fst, inc, seq)
+	f.askBlind = true
 	if inc != "" {
 		_ = f.follow(inc) // the same incarnation: loads the devices it holds
 	}
