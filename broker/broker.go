@@ -53,6 +53,25 @@ type Options struct {
 	// client's reads wait beyond it. Default 256.
 	InflightPerClient int
 	Logger            *slog.Logger
+
+	// EdgeLink makes this the master's listener for edges that dial out:
+	// only role edge logs in; an edge publishes only its own stream
+	// (iotkv/v1/backup/{edge}/hello|changes|snapshot) and subscribes only
+	// to its own request and confirm; publishes go to in-process
+	// subscribers, so no Ingest is needed.
+	EdgeLink bool
+	// Sessions, with EdgeLink, hears of edges subscribing, leaving and
+	// being refused.
+	Sessions SessionHook
+}
+
+// SessionHook follows the clients of an EdgeLink broker. Each connection
+// has its own conn key (its remote address). Calls come from the client's
+// goroutine and must not block for long.
+type SessionHook interface {
+	Subscribed(user, conn string)
+	Gone(user, conn string)
+	Refused(user, topic string)
 }
 
 func (o *Options) setDefaults() error {
@@ -68,7 +87,7 @@ func (o *Options) setDefaults() error {
 	if o.Accounts == nil {
 		return errors.New("broker: accounts are required")
 	}
-	if o.Ingest == nil {
+	if o.Ingest == nil && !o.EdgeLink {
 		return errors.New("broker: ingest is required")
 	}
 	if o.Throttle == nil {

@@ -28,7 +28,7 @@ type hook struct {
 func (h *hook) ID() string { return "iotkv" }
 
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnSubscribed}, []byte{b})
 }
 
 // OnPacketEncode advertises the maximum packet size in a v5 CONNACK,
@@ -98,6 +98,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	h.b.opts.Throttle.Success(user, addr)
+	if h.b.opts.EdgeLink && acct.Role != iotkv.RoleEdge {
+		h.b.metrics.authFailures.WithLabelValues("mqtt", "role").Inc()
+		log.Warn("mqtt login refused: only edges log in here", "role", acct.Role)
+		return false
+	}
 	cl.ID = user + "|" + cl.ID
 	log.Debug("mqtt login", "role", acct.Role)
 	return true
@@ -107,6 +112,20 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.mu.Lock()
 	delete(h.inflight, cl)
 	h.mu.Unlock()
+	if s := h.b.opts.Sessions; s != nil && !cl.Net.Inline {
+		s.Gone(string(cl.Properties.Username), cl.Net.Remote)
+	}
+}
+
+// OnSubscribed tells the session hook an edge is listening for requests.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if s := h.b.opts.Sessions; s != nil && !cl.Net.Inline {
+		for i, f := range pk.Filters {
+			if i < len(codes) && codes[i] < 0x80 && f.Filter == iotkv.BackupTopic(string(cl.Properties.Username), iotkv.BackupKindRequest) {
+				s.Subscribed(string(cl.Properties.Username), cl.Net.Remote)
+			}
+		}
+	}
 }
 
 // OnACLCheck: a device publishes and subscribes only under its own
@@ -116,6 +135,12 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	user := string(cl.Properties.Username)
 	acct, ok := h.b.opts.Accounts.Lookup(user)
 	allowed := ok && allow(acct.Role, user, topic, write)
+	if h.b.opts.EdgeLink {
+		allowed = ok && acct.Role == iotkv.RoleEdge && allowEdge(user, topic, write)
+		if !allowed && h.b.opts.Sessions != nil {
+			h.b.opts.Sessions.Refused(user, topic)
+		}
+	}
 	if !allowed {
 		h.b.metrics.aclDenied.Inc()
 		h.b.log.Warn("mqtt acl denied", "user", user, "topic", redactTopic(topic), "write", write)
@@ -144,6 +169,19 @@ func allow(role iotkv.Role, user, topic string, write bool) bool {
 	return false
 }
 
+// allowEdge: an edge that dials out publishes its own stream and reads
+// its own requests and confirms, nothing else.
+func allowEdge(user, topic string, write bool) bool {
+	edge, kind, ok := iotkv.ParseBackupTopic(topic)
+	if !ok || edge != user {
+		return false
+	}
+	if write {
+		return kind == iotkv.BackupKindHello || kind == iotkv.BackupKindChanges || kind == iotkv.BackupKindSnapshot
+	}
+	return kind == iotkv.BackupKindRequest || kind == iotkv.BackupKindConfirm
+}
+
 // OnPublish sends device writes to the ingest. For QoS 1 it returns at once
 // and the ingest's done callback writes the PUBACK after the commit, so a
 // client keeps a window of publishes in flight instead of one per fsync.
@@ -151,6 +189,10 @@ func allow(role iotkv.Role, user, topic string, write bool) bool {
 // mochi).
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
+		return pk, nil
+	}
+	if h.b.opts.EdgeLink {
+		pk.FixedHeader.Retain = false // the ACL allowed it: the backup stream, never retained
 		return pk, nil
 	}
 	user := string(cl.Properties.Username)

@@ -61,6 +61,9 @@ type Options struct {
 
 	// Backup bounds the change log and shapes the backup stream.
 	Backup BackupOptions
+	// DialOut carries the stream to masters the edge dials (none: only
+	// masters that dial the edge follow it).
+	DialOut DialOutOptions
 	// Quota bounds each device's keys, bytes and write rate (quota.go);
 	// zero fields take the defaults (100,000 keys, 256 MiB, 5,000 ops/s).
 	Quota QuotaOptions
@@ -137,6 +140,7 @@ type Edge struct {
 	tls      *live.Certs
 	http     *rest.Server
 	backup   *backup
+	dialOut  *dialOut
 	sweeper  *sweeper
 	hub      *hub
 
@@ -174,6 +178,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	}
 	reg := opts.Registry
 	e.backup, err = newBackup(opts.ID, e.store, e.log, opts.Backup, opts.History, reg, func(topic string, payload []byte) error {
+		e.dialOut.publish(topic, payload)
 		return e.broker.Publish(topic, payload, 0)
 	})
 	if err != nil {
@@ -193,6 +198,9 @@ func Open(opts Options) (_ *Edge, err error) {
 	e.tls, err = live.Open(live.Options{Files: opts.TLSFiles, Poll: opts.TLSPoll, OnChange: e.endRevokedSessions, Logger: e.log, Registry: reg})
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
+	}
+	if e.dialOut, err = newDialOut(opts.ID, opts.DialOut, e.tls.ClientConfig, e.log, e.backup.receive); err != nil {
+		return nil, err
 	}
 	throttle := accounts.NewThrottle()
 	e.broker, err = broker.New(broker.Options{
@@ -239,6 +247,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	e.http.Serve()
 	e.backup.start()
 	e.backupStarted = true
+	e.dialOut.start()
 	e.sweeper = newSweeper(e.c, e.store, e.log) // its deletes publish acks: after the broker
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopWatch = cancel
@@ -369,6 +378,7 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.backupStarted {
 			e.backup.close() // before the broker it publishes through
+			e.dialOut.close()
 		}
 		if e.broker != nil {
 			errs = append(errs, e.broker.Close())

@@ -50,11 +50,11 @@ func BenchmarkEdgeToLatest100kChanges(b *testing.B) {
 	}
 }
 
-func bigOverlay(n, every int) []overlayEntry {
-	out := make([]overlayEntry, 0, n/every)
+func bigOverlay(n, every int) []iotkv.OverlayEntry {
+	out := make([]iotkv.OverlayEntry, 0, n/every)
 	for i := 0; i < n; i += every {
-		out = append(out, overlayEntry{device: fmt.Sprintf("dev%04d", i/1000), key: fmt.Sprintf("key/%06d", i),
-			pendingEntry: pendingEntry{value: json.RawMessage(`{"t":22.25,"unit":"C"}`)}})
+		out = append(out, iotkv.OverlayEntry{Device: fmt.Sprintf("dev%04d", i/1000), Key: fmt.Sprintf("key/%06d", i),
+			Value: json.RawMessage(`{"t":22.25,"unit":"C"}`)})
 	}
 	return out
 }
@@ -90,7 +90,7 @@ func BenchmarkRestore1M(b *testing.B) {
 	var doc bytes.Buffer
 	bw, _ := iotkv.NewBackupWriter(&doc, iotkv.BackupHeader{Edge: "e1", Seq: 1, TakenAt: now()}, []iotkv.DeviceSeq{{Device: "dev0000", LastSeq: 5}})
 	for _, o := range bigOverlay(1_000_000, 1) {
-		_ = bw.Entry(&iotkv.BackupEntry{Device: o.device, Key: o.key, Value: o.value})
+		_ = bw.Entry(&iotkv.BackupEntry{Device: o.Device, Key: o.Key, Value: o.Value})
 	}
 	_ = bw.Close()
 	b.Logf("document: %d MiB", doc.Len()>>20)

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -49,6 +48,9 @@ type stateFile struct {
 	TakenAt     string            `json:"taken_at"`
 	Keys        int               `json:"keys"`
 	Devices     []iotkv.DeviceSeq `json:"devices"`
+	// LastWrite is each device's newest change time (ms, edge clock), for
+	// the fleet directory.
+	LastWrite map[string]int64 `json:"last_write,omitempty"`
 }
 
 func writeState(dir string, st stateFile) error {
@@ -96,120 +98,22 @@ func readLatestHeader(dir string) (iotkv.BackupHeader, bool, error) {
 	return r.Header, true, nil
 }
 
-// pendingEntry is a key changed since latest.json: a put or a delete.
-type pendingEntry struct {
-	value json.RawMessage // nil: deleted
-	ts    *int64
-}
-
-// overlayEntry is a pendingEntry with its key, in merge order.
-type overlayEntry struct {
-	device, key string
-	pendingEntry
-}
-
-func pendingKey(device, key string) string { return device + "\x00" + key }
-
-// sortedOverlay turns changes into a slice in (device, key) order; the NUL
-// separator makes string order match iotkv.CompareEntries.
-func sortedOverlay(m map[string]pendingEntry) []overlayEntry {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	out := make([]overlayEntry, len(keys))
-	for i, k := range keys {
-		dev, key, _ := strings.Cut(k, "\x00")
-		out[i] = overlayEntry{device: dev, key: key, pendingEntry: m[k]}
-	}
-	return out
-}
-
-// combineOverlays lays newer over older (both sorted).
-func combineOverlays(older, newer []overlayEntry) []overlayEntry {
-	if len(older) == 0 {
-		return newer
-	}
-	out := make([]overlayEntry, 0, len(older)+len(newer))
-	i, j := 0, 0
-	for i < len(older) || j < len(newer) {
-		switch {
-		case j == len(newer):
-			out = append(out, older[i])
-			i++
-		case i == len(older):
-			out = append(out, newer[j])
-			j++
-		default:
-			c := iotkv.CompareEntries(older[i].device, older[i].key, newer[j].device, newer[j].key)
-			switch {
-			case c < 0:
-				out = append(out, older[i])
-				i++
-			case c > 0:
-				out = append(out, newer[j])
-				j++
-			default:
-				out = append(out, newer[j])
-				i++
-				j++
-			}
-		}
-	}
-	return out
-}
-
 // mergeTo streams base (a latest.json, nil for none) with overlay into bw.
-func mergeTo(bw *iotkv.BackupWriter, base io.Reader, overlay []overlayEntry) error {
-	var r *iotkv.BackupReader
+func mergeTo(bw *iotkv.BackupWriter, base io.Reader, overlay []iotkv.OverlayEntry) error {
+	var next func() (*iotkv.BackupEntry, error)
 	if base != nil {
-		var err error
-		if r, err = iotkv.NewBackupReader(bufio.NewReaderSize(base, 256<<10)); err != nil {
+		r, err := iotkv.NewBackupReader(bufio.NewReaderSize(base, 256<<10))
+		if err != nil {
 			return err
 		}
+		next = r.NextEntry
 	}
-	nextBase := r.NextEntry
-	b, err := nextBase()
-	if err != nil {
-		return err
-	}
-	i := 0
-	for b != nil || i < len(overlay) {
-		var c int
-		switch {
-		case b == nil:
-			c = 1
-		case i == len(overlay):
-			c = -1
-		default:
-			c = iotkv.CompareEntries(b.Device, b.Key, overlay[i].device, overlay[i].key)
-		}
-		if c < 0 {
-			if err := bw.Entry(b); err != nil {
-				return err
-			}
-		} else {
-			o := overlay[i]
-			if o.value != nil {
-				if err := bw.Entry(&iotkv.BackupEntry{Device: o.device, Key: o.key, Value: o.value, TS: o.ts}); err != nil {
-					return err
-				}
-			}
-			i++
-		}
-		if c <= 0 {
-			if b, err = nextBase(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return iotkv.MergeEntries(bw, next, overlay)
 }
 
 // writeLatestFile merges base (nil: none) with overlay into path
 // atomically and reports the number of keys written.
-func writeLatestFile(path, edge string, seq uint64, takenAt string, base io.Reader, overlay []overlayEntry, keys *int) error {
+func writeLatestFile(path, edge string, seq uint64, takenAt string, base io.Reader, overlay []iotkv.OverlayEntry, keys *int) error {
 	return atomicfile.WriteStream(path, 0o644, func(w io.Writer) error {
 		bw, err := iotkv.NewBackupWriter(w, iotkv.BackupHeader{Edge: edge, Seq: seq, TakenAt: takenAt}, nil)
 		if err != nil {

@@ -1,14 +1,94 @@
 // Package master is the iotkv backup master: it follows the backup stream
-// of every edge over MQTT/TLS (paho, mTLS + password, role master), keeps
-// each edge's state under DIR/{edge}/ as JSON Lines journals and an always
-// valid latest.json, and serves the state over HTTPS for restores.
+// of every edge over MQTT/TLS, keeps each edge's state (under DIR/{edge}/
+// as JSON Lines journals and an always valid latest.json, or in object
+// storage as segments and snapshots), serves it over HTTPS for restores
+// and answers which edge holds a device (GET /v1/fleet/devices).
 //
-// Goroutines and their owners: per edge, a worker (edgeBackup.run) that
-// owns the stream, the journal and the snapshots, and at most one merge
-// goroutine it starts and waits for; paho's goroutines per client (stopped
-// by Disconnect); the REST server's (stopped by its Close); the accounts
-// watcher. Close stops them in the order REST, paho, workers. Lock order:
-// edgeBackup.mu is a leaf lock, never held across I/O or another lock.
+// # Reaching an edge
+//
+// Two ways, one stream protocol (see iotkv.BackupTopic):
+//
+//   - dial in (--edges id=host:port): newClient makes a paho client per
+//     edge that logs in to the edge's broker as role master and subscribes
+//     to the edge's hello/changes/snapshot topics;
+//   - dial out (--listen-edges ADDR): the edge opens the connection. The
+//     master runs the project's own broker in EdgeLink mode (edgelink.go):
+//     mTLS + password, role edge only, certificate CN = username = edge
+//     id, and an ACL that lets edge E publish only
+//     iotkv/v1/backup/E/{hello,changes,snapshot} and subscribe only to
+//     .../E/{request,confirm}. Another edge's certificate publishing E's
+//     stream is refused and counted (iotkv_master_edge_refused_total). The
+//     edge side (edge.dialOut) is a paho client per master; the edge's
+//     backup producer publishes every message to its own broker (for
+//     masters that dial in) and to each open outbound session, and takes
+//     requests and confirms from both. The windows, confirms, gap
+//     handling and snapshots are the same bytes either way; only who
+//     dialled differs. With several masters each gets the whole stream,
+//     as masters that dial in do, so masters sharing a store keep one
+//     lease between them as before.
+//
+// A master learns an edge when it first subscribes on the edge listener
+// (Master.learn) or finds it in its store at start (Master.stored), and
+// follows it from then on: GET /v1/backups lists every edge ever seen.
+//
+// # The life of a change
+//
+// On the edge:
+//
+//  1. committer.syncLoop fsyncs a group and calls onCommit (Edge.committed),
+//     which hands the last change seq to backup.committed (no I/O).
+//  2. backup.loop wakes, backup.pump reads the change log from Pebble
+//     (backup.readChanges) into a changes message and publishes it
+//     through Edge's publish func: broker.Publish (dial in) and
+//     dialOut.publish (dial out), within the session's window.
+//
+// On the master:
+//
+//  3. The message arrives in paho's handler (newClient) or the broker's
+//     in-process subscription (edgeLink.message); either calls
+//     follower.deliver, which blocks until the edge's worker takes it, so
+//     the connection keeps order.
+//  4. follower.run drains a run of events into follower.handle ->
+//     follower.changes: it checks the incarnation (follower.follow on a
+//     new one), drops resends, counts a gap and asks for a replay
+//     (follower.request), and hands the new changes to the store:
+//     backupStore.append (fileStore.append -> journal.append; or
+//     s3Backup.append, which buffers them).
+//  5. follower.commit calls backupStore.commit: fileStore.commit fsyncs
+//     the journal (journal.sync); s3Backup.commit stores the buffer as one
+//     create-only segment (s3store.Store.PutSegment) every FlushInterval
+//     or FlushBytes on the lease holder (the others HEAD for it and fill
+//     it in after a grace period). What the store made durable is
+//     confirmed to the edge (follower.send of a BackupConfirm), and the
+//     edge drops it from its window and, later, its change log
+//     (backup.handle, backup.trim).
+//  6. latest.json: fileStore.tick -> fileStore.snapshot freezes the
+//     changes since latest.json and, in its merge goroutine,
+//     fileStore.writeLatest -> writeLatestFile -> mergeTo ->
+//     iotkv.MergeEntries streams the old latest.json with the changes
+//     into the new one (atomic rename), then fileStore.finishMerge prunes
+//     the journals. On S3: s3Backup.tick -> s3Backup.compact ->
+//     s3store.Store.Compact -> writeStateAt -> iotkv.MergeEntries writes a
+//     snapshot object and moves manifest.json to it.
+//
+// A restore (GET /v1/backups/{edge}) is backupStore.stream: the same
+// merge of latest.json (or the manifest's snapshot) with the changes
+// after it, with the incarnation and the devices' last seqs.
+//
+// A resync: an edge that no longer has what the master asks for (or is a
+// new incarnation) sends a snapshot in parts; follower.snapshotPart feeds
+// a snapshotSink (fileSnap into incoming.json, s3Snap into a temporary
+// file) and install makes it the state.
+//
+// Goroutines and their owners: per edge, a follower worker (follower.run)
+// that owns the stream position and calls its store, and at most one
+// merge or compaction goroutine the store starts and waits for; paho's
+// goroutines per dial-in client (stopped by Disconnect); the edge
+// listener's (stopped by its Close); the REST server's (stopped by its
+// Close); the accounts watcher. Close stops them in the order REST, paho,
+// edge listener, workers. Lock order: Master.mu before follower.mu;
+// follower.mu and the stores' mu are leaf locks, never held across I/O
+// (fileSnap.install renames under fileStore.mu on purpose).
 package master
 
 import (
@@ -53,7 +133,11 @@ type Options struct {
 	Password string      // required: the account's password on the edges
 	TLSFiles certs.Paths // required: CA, the master's certificate and key
 	Accounts string      // required: accounts file for the REST API
-	Edges    []Edge      // required
+	Edges    []Edge      // edges the master dials (--edges)
+	// ListenEdges is the address of the mTLS MQTT listener edges dial out
+	// to (--listen-edges); "" for none. Edges, ListenEdges or a store
+	// holding backups must give the master something to follow.
+	ListenEdges string
 
 	HTTPAddr         string        // default ":9443"
 	RestClientCert   string        // none, optional (default) or require
@@ -106,8 +190,8 @@ func (o *Options) validate() error {
 	if err := iotkv.ValidateName(o.Name); err != nil {
 		return fmt.Errorf("master name: %w", err)
 	}
-	if o.Password == "" {
-		return errors.New("master: a password is required")
+	if o.Password == "" && len(o.Edges) > 0 {
+		return errors.New("master: a password is required to dial edges")
 	}
 	if o.Accounts == "" {
 		return errors.New("master: accounts file is required")
@@ -115,8 +199,8 @@ func (o *Options) validate() error {
 	if o.TLSFiles.CA == "" || o.TLSFiles.Cert == "" || o.TLSFiles.Key == "" {
 		return errors.New("master: CA, certificate and key are required")
 	}
-	if len(o.Edges) == 0 {
-		return errors.New("master: at least one edge is required")
+	if len(o.Edges) == 0 && o.ListenEdges == "" {
+		return errors.New("master: edges to dial or an address to listen for edges on is required")
 	}
 	seen := map[string]bool{}
 	for _, e := range o.Edges {
@@ -154,8 +238,13 @@ func (o *Options) validate() error {
 type Master struct {
 	opts     Options
 	log      *slog.Logger
-	edges    map[string]*edgeBackup // with DataDir
-	follow   map[string]follower    // every edge, whatever the storage
+	met      *metrics
+	sm       *s3Metrics
+	follow   map[string]*follower // every edge, whatever the storage
+	clients  []paho.Client        // dial-in connections, one per --edges entry
+	link     *edgeLink            // edges that dial out; nil without ListenEdges
+	mu       sync.RWMutex         // guards follow, order and closed
+	closed   bool
 	order    []string
 	accounts *accounts.Store
 	tls      *live.Certs
@@ -174,7 +263,7 @@ func Open(opts Options) (_ *Master, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), edges: map[string]*edgeBackup{}, follow: map[string]follower{}}
+	m := &Master{opts: opts, log: opts.Logger.With("component", "master"), follow: map[string]*follower{}}
 	defer func() {
 		if err != nil {
 			_ = m.Close(context.Background())
@@ -199,28 +288,51 @@ func Open(opts Options) (_ *Master, err error) {
 			return nil, err
 		}
 	}
-	for _, e := range opts.Edges {
-		if opts.Store != nil {
-			m.follow[e.ID] = newS3Edge(e.ID, e.Addr, &m.opts, met, sm)
-		} else {
-			eb, err := newEdgeBackup(e.ID, e.Addr, &m.opts, met)
-			if err != nil {
-				return nil, err
-			}
-			m.edges[e.ID] = eb
-			m.follow[e.ID] = eb
-		}
-		m.order = append(m.order, e.ID)
-	}
-	for _, id := range m.order {
-		f := m.follow[id]
-		f.setClient(m.newClient(f, m.tls.ClientConfig(hostOf(f.edgeAddr()))))
-		go f.run()
-		f.mqtt().Connect() // with ConnectRetry it keeps trying in the background
-	}
+	m.met, m.sm = met, sm
 	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, Logger: m.log})
 	if err != nil {
 		return nil, err
+	}
+	m.mu.Lock()
+	for _, e := range opts.Edges {
+		f, err := m.newFollower(e.ID, e.Addr)
+		if err != nil {
+			m.mu.Unlock()
+			return nil, err
+		}
+		c := m.newClient(f, e.Addr, m.tls.ClientConfig(hostOf(e.Addr)))
+		f.publish = func(topic string, payload []byte) {
+			if c.IsConnectionOpen() {
+				c.Publish(topic, 1, false, payload)
+			}
+		}
+		m.clients = append(m.clients, c)
+		m.follow[e.ID] = f
+	}
+	m.mu.Unlock()
+	if opts.ListenEdges != "" {
+		if err := m.openEdgeLink(); err != nil {
+			return nil, err
+		}
+	}
+	// Dial-in edges first, in the order given, then every other edge the
+	// store holds a backup of: the master keeps following what it knows.
+	m.mu.Lock()
+	for _, e := range opts.Edges {
+		m.startLocked(m.follow[e.ID])
+	}
+	m.mu.Unlock()
+	if known, err := m.stored(); err != nil {
+		m.log.Warn("cannot list the edges in the store; they are followed when they connect", "err", err)
+	} else {
+		for _, id := range known {
+			if _, err := m.learn(id, ""); err != nil {
+				m.log.Error("cannot follow a stored edge", "edge", id, "err", err)
+			}
+		}
+	}
+	for _, c := range m.clients {
+		c.Connect() // with ConnectRetry it keeps trying in the background
 	}
 	auth, err := rest.NewAuthenticator(m.accounts, nil, opts.Registry)
 	if err != nil {
@@ -257,8 +369,36 @@ func Open(opts Options) (_ *Master, err error) {
 	if opts.Store != nil {
 		where = opts.Store.String()
 	}
-	m.log.Info("listening", "https", m.HTTPAddr(), "data", where, "edges", len(opts.Edges))
+	if m.link != nil {
+		m.log.Info("listening", "https", m.HTTPAddr(), "edges_mqtts", m.EdgesAddr(), "data", where, "edges", len(m.EdgeIDs()))
+	} else {
+		m.log.Info("listening", "https", m.HTTPAddr(), "data", where, "edges", len(m.EdgeIDs()))
+	}
 	return m, nil
+}
+
+// newFollower makes the follower of edge id with its store, recovered.
+func (m *Master) newFollower(id, addr string) (*follower, error) {
+	if m.opts.Store != nil {
+		f := newFollower(id, addr, &m.opts, m.met, newS3Backup(id, &m.opts, m.met, m.sm), "", 0)
+		f.startInc = func() (string, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cur, err := m.opts.Store.Current(ctx, id)
+			return cur.Incarnation, err
+		}
+		return f, nil
+	}
+	fst, err := newFileStore(id, &m.opts, m.met)
+	if err != nil {
+		return nil, err
+	}
+	inc, seq := fst.position()
+	f := newFollower(id, addr, &m.opts, m.met, fst, inc, seq)
+	if inc != "" {
+		_ = f.follow(inc) // the same incarnation: loads the devices it holds
+	}
+	return f, nil
 }
 
 // Reload reads the accounts file, the certificate, key, CA bundle and CRL
@@ -283,10 +423,10 @@ func hostOf(addr string) string {
 
 // newClient makes a paho client that reconnects forever; each (re)connect
 // subscribes and asks the edge for everything after our seq.
-func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
+func (m *Master) newClient(eb *follower, addr string, tc *tls.Config) paho.Client {
 	o := paho.NewClientOptions()
-	o.AddBroker("tls://" + eb.edgeAddr())
-	o.SetClientID(m.opts.Name + "-" + eb.edgeID())
+	o.AddBroker("tls://" + addr)
+	o.SetClientID(m.opts.Name + "-" + eb.id)
 	o.SetUsername(m.opts.Name)
 	o.SetPassword(m.opts.Password)
 	o.SetTLSConfig(tc)
@@ -310,7 +450,7 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 	o.SetOnConnectHandler(func(c paho.Client) {
 		filters := map[string]byte{}
 		for _, k := range []string{iotkv.BackupKindChanges, iotkv.BackupKindSnapshot, iotkv.BackupKindHello} {
-			filters[iotkv.BackupTopic(eb.edgeID(), k)] = 1
+			filters[iotkv.BackupTopic(eb.id, k)] = 1
 		}
 		// Retry while the connection lasts: giving up here would leave a
 		// live connection that never streams (nothing else resubscribes).
@@ -319,17 +459,17 @@ func (m *Master) newClient(eb follower, tc *tls.Config) paho.Client {
 			if err == nil {
 				break
 			}
-			eb.logger().Error("backup subscribe failed; retrying", "err", err)
+			eb.log.Error("backup subscribe failed; retrying", "err", err)
 			time.Sleep(time.Second)
 		}
 		if !c.IsConnectionOpen() {
 			return
 		}
-		eb.logger().Info("connected to edge", "addr", eb.edgeAddr())
+		eb.log.Info("connected to edge", "addr", addr)
 		eb.deliver(event{kind: "connected"})
 	})
 	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
-		eb.logger().Warn("connection to edge lost", "addr", eb.edgeAddr(), "err", err)
+		eb.log.Warn("connection to edge lost", "addr", addr, "err", err)
 		eb.deliver(event{kind: "lost"})
 	})
 	return paho.NewClient(o)
@@ -369,20 +509,49 @@ func subscribe(c paho.Client, filters map[string]byte, h paho.MessageHandler) er
 // HTTPAddr is the bound HTTPS address.
 func (m *Master) HTTPAddr() string { return m.http.Addr() }
 
-// Status lists every edge's backup.
-func (m *Master) Status() []Status {
-	out := make([]Status, 0, len(m.order))
+// EdgesAddr is the bound address of the listener for edges that dial
+// out; "" without one.
+func (m *Master) EdgesAddr() string {
+	if m.link == nil {
+		return ""
+	}
+	return m.link.b.Addr()
+}
+
+func (m *Master) followers() []*follower {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*follower, 0, len(m.order))
 	for _, id := range m.order {
-		out = append(out, m.follow[id].status())
+		out = append(out, m.follow[id])
 	}
 	return out
 }
 
-// Ready reports whether every edge is connected (and, with a store,
-// whether the store was reachable at the last request).
+// Status lists every edge's backup: the edges dialled, in the order given,
+// then every edge learned (from the store or when it dialled in).
+func (m *Master) Status() []Status {
+	fs := m.followers()
+	out := make([]Status, 0, len(fs))
+	for _, f := range fs {
+		out = append(out, f.status())
+	}
+	return out
+}
+
+// Ready reports whether every dialled edge is connected and every edge's
+// store works (with a store: was reachable at the last request). An edge
+// that dials out may be away for days; it does not make the master unready.
 func (m *Master) Ready() error {
-	for _, id := range m.order {
-		if err := m.follow[id].ready(); err != nil {
+	for _, f := range m.followers() {
+		if err := f.store.ready(); err != nil {
+			return err
+		}
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, e := range m.opts.Edges {
+		if err := m.follow[e.ID].ready(); err != nil {
 			return err
 		}
 	}
@@ -398,13 +567,17 @@ func (m *Master) Close(ctx context.Context) error {
 		if m.http != nil {
 			errs = append(errs, m.http.Close(ctx))
 		}
-		for _, id := range m.order {
-			if c := m.follow[id].mqtt(); c != nil {
-				c.Disconnect(250)
-			}
+		for _, c := range m.clients {
+			c.Disconnect(250)
 		}
-		for _, id := range m.order {
-			m.follow[id].halt()
+		if m.link != nil {
+			errs = append(errs, m.link.b.Close())
+		}
+		m.mu.Lock()
+		m.closed = true
+		m.mu.Unlock()
+		for _, f := range m.followers() {
+			f.halt()
 		}
 		if m.stopWatch != nil {
 			m.stopWatch()
@@ -428,6 +601,7 @@ func (m *Master) handler(auth *rest.Authenticator, met *rest.Metrics) http.Handl
 			rest.WriteJSON(w, http.StatusOK, map[string]any{"edges": m.Status()})
 		})
 		r.Get("/v1/backups/{edge}", m.getBackup)
+		r.With(rest.RequireRole(iotkv.RoleAdmin, iotkv.RoleReader, iotkv.RoleWriter, iotkv.RoleMaster)).Get("/v1/fleet/devices", m.getFleetDevices)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no route for "+r.URL.Path)
@@ -448,14 +622,14 @@ func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
 		rest.WriteError(w, http.StatusForbidden, iotkv.CodeNotAuthorized, "only an admin or edge "+id+" itself may read this backup")
 		return
 	}
-	eb, ok := m.follow[id]
-	if !ok {
+	eb := m.lookup(id)
+	if eb == nil {
 		rest.WriteError(w, http.StatusNotFound, iotkv.CodeNotFound, "no backup of edge "+id)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	cw := &countingWriter{w: w}
-	if err := eb.stream(cw); err != nil {
+	if err := eb.store.stream(cw); err != nil {
 		if cw.n == 0 {
 			rest.WriteError(w, http.StatusServiceUnavailable, iotkv.CodeUnavailable, err.Error())
 			return
@@ -466,8 +640,13 @@ func (m *Master) getBackup(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// EdgeIDs lists the followed edges in the order given.
-func (m *Master) EdgeIDs() []string { return slices.Clone(m.order) }
+// EdgeIDs lists the followed edges: dialled ones in the order given, then
+// the learned ones.
+func (m *Master) EdgeIDs() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return slices.Clone(m.order)
+}
 
 type metrics struct {
 	applied, lagChanges                        *prometheus.GaugeVec

@@ -394,7 +394,7 @@ func TestMasterRestartResumesFromItsSeq(t *testing.T) {
 		}
 	})
 	r.waitLatest("e1", r.edgeState(e1, "d1"), 5*time.Second)
-	if n := counter(m2.edges["e1"].m.resyncs.WithLabelValues("e1")); n != 0 {
+	if n := counter(m2.follow["e1"].m.resyncs.WithLabelValues("e1")); n != 0 {
 		t.Fatalf("the master resynced from a snapshot %v times; it should have caught up from its seq", n)
 	}
 	if got := firstFrom.Load(); got != seqBefore+1 {
@@ -416,7 +416,7 @@ func TestEdgeRestartIsFollowedWithoutResync(t *testing.T) {
 	e1b := r.startEdge("e1", data, addr, nil)
 	r.publishBatches(e1b, 11, 10, 3, "b")
 	r.waitLatest("e1", r.edgeState(e1b, "d1"), 10*time.Second)
-	if n := counter(m.edges["e1"].m.resyncs.WithLabelValues("e1")); n != 0 {
+	if n := counter(m.follow["e1"].m.resyncs.WithLabelValues("e1")); n != 0 {
 		t.Fatalf("resyncs = %v, want 0 (same incarnation)", n)
 	}
 }
@@ -445,7 +445,7 @@ func TestALostBackupMessageIsDetectedAndReplayed(t *testing.T) {
 	}
 	r.publishBatches(e1, 31, 10, 1, "h")
 	r.waitLatest("e1", r.edgeState(e1, "d1"), 10*time.Second)
-	if n := counter(m.edges["e1"].m.gaps.WithLabelValues("e1")); n < 1 {
+	if n := counter(m.follow["e1"].m.gaps.WithLabelValues("e1")); n < 1 {
 		t.Fatalf("gaps = %v, want at least 1", n)
 	}
 }
@@ -463,13 +463,13 @@ func TestRetentionExceededMakesTheMasterResyncFromASnapshot(t *testing.T) {
 
 	m := r.startMaster([]*edge.Edge{e1}, nil)
 	r.waitLatest("e1", r.edgeState(e1, "d1"), 10*time.Second)
-	if n := counter(m.edges["e1"].m.resyncs.WithLabelValues("e1")); n != 1 {
+	if n := counter(m.follow["e1"].m.resyncs.WithLabelValues("e1")); n != 1 {
 		t.Fatalf("resyncs = %v, want 1", n)
 	}
 	// After the snapshot the stream goes on with changes.
 	r.publishBatches(e1, 101, 10, 3, "s")
 	r.waitLatest("e1", r.edgeState(e1, "d1"), 5*time.Second)
-	if n := counter(m.edges["e1"].m.resyncs.WithLabelValues("e1")); n != 1 {
+	if n := counter(m.follow["e1"].m.resyncs.WithLabelValues("e1")); n != 1 {
 		t.Fatalf("resyncs = %v after the snapshot, want still 1", n)
 	}
 }
@@ -572,7 +572,7 @@ func TestALostEdgeIsRestoredWithEveryConfirmedKey(t *testing.T) {
 	// The master follows the restored edge (a new incarnation) with a
 	// snapshot, and keeps the same content.
 	waitFor(t, 10*time.Second, "a resync from the restored edge", func() bool {
-		return counter(m.edges["e1"].m.resyncs.WithLabelValues("e1")) >= 1 && m.Status()[0].Lag == 0
+		return counter(m.follow["e1"].m.resyncs.WithLabelValues("e1")) >= 1 && m.Status()[0].Lag == 0
 	})
 	resp, err := r.pki.HTTPClient(t, "admin").Do(authGet(t, "https://"+m.HTTPAddr()+"/v1/backups/e1", "admin"))
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -256,48 +255,6 @@ func (s *Store) ReadChain(ctx context.Context, edge, inc string, after uint64, f
 	return cur, nil
 }
 
-// overlayEntry is a key changed after a snapshot: value nil = deleted.
-type overlayEntry struct {
-	device, key string
-	value       json.RawMessage
-	ts          *int64
-}
-
-// pendingState collects changes over a snapshot.
-type pendingState struct {
-	keys    map[string]overlayEntry
-	devices map[string]uint64
-}
-
-func newPending() *pendingState {
-	return &pendingState{keys: map[string]overlayEntry{}, devices: map[string]uint64{}}
-}
-
-func (p *pendingState) apply(c *iotkv.Change) {
-	e := overlayEntry{device: c.Device, key: c.Key, ts: c.TS}
-	if c.Op == iotkv.OpPut {
-		e.value = c.Value
-	}
-	p.keys[c.Device+"\x00"+c.Key] = e
-	if c.DeviceSeq > p.devices[c.Device] {
-		p.devices[c.Device] = c.DeviceSeq
-	}
-}
-
-// sorted returns the overlay in CompareEntries order (NUL sorts first).
-func (p *pendingState) sorted() []overlayEntry {
-	ks := make([]string, 0, len(p.keys))
-	for k := range p.keys {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	out := make([]overlayEntry, len(ks))
-	for i, k := range ks {
-		out[i] = p.keys[k]
-	}
-	return out
-}
-
 // WriteState writes the full state of edge (the incarnation Current finds,
 // or inc when given) as a backup document with incarnation and devices:
 // snapshot from the manifest, then every segment after it, in order. It
@@ -361,8 +318,8 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *
 	if err != nil {
 		return iotkv.BackupHeader{}, err
 	}
-	pend := newPending()
-	last, err := s.ReadChain(ctx, edge, inc, snapSeq, func(c *iotkv.Change) error { pend.apply(c); return nil })
+	var pend iotkv.Overlay
+	last, err := s.ReadChain(ctx, edge, inc, snapSeq, func(c *iotkv.Change) error { pend.Apply(c); return nil })
 	if err != nil {
 		return iotkv.BackupHeader{}, err
 	}
@@ -401,18 +358,13 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *
 			break
 		}
 	}
-	for d, seq := range pend.devices {
+	for d, seq := range pend.Devices() {
 		if seq > devices[d] {
 			devices[d] = seq
 		}
 	}
-	list := make([]iotkv.DeviceSeq, 0, len(devices))
-	for d, seq := range devices {
-		list = append(list, iotkv.DeviceSeq{Device: d, LastSeq: seq})
-	}
-	slices.SortFunc(list, func(a, b iotkv.DeviceSeq) int { return strings.Compare(a.Device, b.Device) })
 	hdr := iotkv.BackupHeader{Edge: edge, Incarnation: inc, Seq: last, TakenAt: now()}
-	bw, err := iotkv.NewBackupWriter(w, hdr, list)
+	bw, err := iotkv.NewBackupWriter(w, hdr, iotkv.DeviceList(devices))
 	if err != nil {
 		return hdr, err
 	}
@@ -428,38 +380,8 @@ func (s *Store) writeStateAt(ctx context.Context, w io.Writer, m Manifest, end *
 		}
 		return e, nil
 	}
-	overlay := pend.sorted()
-	b, err := next()
-	if err != nil {
+	if err := iotkv.MergeEntries(bw, next, pend.Sorted()); err != nil {
 		return hdr, err
-	}
-	i := 0
-	for b != nil || i < len(overlay) {
-		c := 1
-		switch {
-		case b == nil:
-		case i == len(overlay):
-			c = -1
-		default:
-			c = iotkv.CompareEntries(b.Device, b.Key, overlay[i].device, overlay[i].key)
-		}
-		if c < 0 {
-			if err := bw.Entry(b); err != nil {
-				return hdr, err
-			}
-		} else {
-			if o := overlay[i]; o.value != nil {
-				if err := bw.Entry(&iotkv.BackupEntry{Device: o.device, Key: o.key, Value: o.value, TS: o.ts}); err != nil {
-					return hdr, err
-				}
-			}
-			i++
-		}
-		if c <= 0 {
-			if b, err = next(); err != nil {
-				return hdr, err
-			}
-		}
 	}
 	if keys != nil {
 		*keys = bw.Entries()
@@ -657,4 +579,34 @@ func (s *Store) OpenState(ctx context.Context, edge string) io.ReadCloser {
 		pw.CloseWithError(err)
 	}()
 	return pr
+}
+
+// SnapshotDevices returns the devices' last seqs recorded in the snapshot
+// manifest m names (none when it names none), reading only the head of the
+// snapshot: devices come before entries.
+func (s *Store) SnapshotDevices(ctx context.Context, m Manifest) ([]iotkv.DeviceSeq, error) {
+	key, err := s.snapshotKey(m)
+	if err != nil || key == "" {
+		return nil, err
+	}
+	rc, err := s.openSnapshot(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %d: %w", m.SnapSeq, err)
+	}
+	defer rc.Close()
+	r, err := iotkv.NewBackupReader(bufio.NewReaderSize(rc, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %d: %w", m.SnapSeq, err)
+	}
+	var out []iotkv.DeviceSeq
+	for {
+		kind, err := r.Next()
+		if errors.Is(err, io.EOF) || (err == nil && kind != iotkv.BackupItemDevice) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %d: %w", m.SnapSeq, err)
+		}
+		out = append(out, r.Device)
+	}
 }

@@ -41,6 +41,7 @@ func edgeCmd(args []string) error {
 	s3Region := fs.String("s3-region", "", "with --restore-from s3://...: S3 region")
 	retainChanges := fs.Int64("backup-retain-changes", 1_000_000, "most changes the change log keeps for the master")
 	retainBytes := fs.Int64("backup-retain-bytes", 256<<20, "most bytes the change log keeps for the master")
+	masters := fs.String("master", "", "dial out to masters and carry the backup stream there: mqtts://host:port[,mqtts://host2:port] (their --listen-edges)")
 	quotaKeys := fs.Int64("quota-keys", edge.DefaultQuotaKeys, "most live keys per device (0: no limit)")
 	quotaBytesS := fs.String("quota-bytes", "256MiB", "most stored key+value bytes per device (B, KiB, MiB, GiB; 0: no limit)")
 	rateOps := fs.Int64("rate-ops", edge.DefaultRateOps, "sustained ops per second per device, with a burst of 10 s of them (0: no limit)")
@@ -81,15 +82,31 @@ func edgeCmd(args []string) error {
 		}
 		return n
 	}
+	var dial edge.DialOutOptions
+	if *masters != "" {
+		var err error
+		if dial.Masters, err = edge.ParseMasterURLs(*masters); err != nil {
+			return cliutil.Usagef("edge: --master: %v", err)
+		}
+	}
+	// --name and --password-file are the edge's account at a master: for
+	// --master, and for --restore-from https://.
 	switch {
 	case *restoreFrom == "":
-		if err := cliutil.Refuse(fs, "only with --restore-from", "name", "password-file", "force", "s3-endpoint", "s3-region"); err != nil {
+		if err := cliutil.Refuse(fs, "only with --restore-from", "force", "s3-endpoint", "s3-region"); err != nil {
 			return err
+		}
+		if *masters == "" {
+			if err := cliutil.Refuse(fs, "only with --restore-from or --master", "name", "password-file"); err != nil {
+				return err
+			}
 		}
 	case s3store.IsURL(*restoreFrom):
 		// Object storage uses the AWS credentials, not an iotkv account.
-		if err := cliutil.Refuse(fs, "not used with --restore-from s3://... (credentials come from AWS_*)", "name", "password-file"); err != nil {
-			return err
+		if *masters == "" {
+			if err := cliutil.Refuse(fs, "not used with --restore-from s3://... (credentials come from AWS_*)", "name", "password-file"); err != nil {
+				return err
+			}
 		}
 	default:
 		if err := cliutil.Refuse(fs, "only with --restore-from s3://...", "s3-endpoint", "s3-region"); err != nil {
@@ -107,12 +124,18 @@ func edgeCmd(args []string) error {
 	if _, err := edge.ClientAuth(*restCert); err != nil {
 		return cliutil.Usagef("%v", err)
 	}
+	if *name == "" {
+		*name = *id
+	}
+	if len(dial.Masters) > 0 {
+		dial.Name = *name
+		if dial.Password, err = cliutil.ReadPassword(*pwFile); err != nil {
+			return err
+		}
+	}
 	ctx, stop := cliutil.SignalContext()
 	defer stop()
 	if *restoreFrom != "" {
-		if *name == "" {
-			*name = *id
-		}
 		pw := ""
 		if !s3store.IsURL(*restoreFrom) { // object storage uses AWS credentials instead
 			if pw, err = cliutil.ReadPassword(*pwFile); err != nil {
@@ -130,6 +153,7 @@ func edgeCmd(args []string) error {
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
 		MemTableSize: *memtable << 20,
 		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
+		DialOut:      dial,
 		Quota:        edge.QuotaOptions{Keys: noLimit(*quotaKeys), Bytes: noLimit(int64(quotaBytes)), RateOps: noLimit(*rateOps)},
 		History:      edge.HistoryOptions{Off: histRetain.d == 0, Retain: histRetain.d, MaxBytes: histBytes.n},
 		Watch:        edge.WatchOptions{MaxTotal: *maxWatchers, MaxPerAccount: *maxWatchersAcct},

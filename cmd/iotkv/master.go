@@ -35,7 +35,8 @@ func masterCmd(args []string) error {
 	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "with --store: lease time of the master that compacts")
 	acc := fs.String("accounts", "", "accounts file for the REST API (required)")
 	pwFile := fs.String("password-file", "", "the master account's password (first line; IOTKV_PASSWORD as fallback)")
-	edges := fs.String("edges", "", "edges to follow: id=host:port,... (required)")
+	edges := fs.String("edges", "", "edges to dial and follow: id=host:port,...")
+	listenEdges := fs.String("listen-edges", "", "mTLS MQTT listen address for edges that dial out (iotkv edge --master mqtts://...)")
 	name := fs.String("name", "master", "account and certificate name")
 	httpAddr := fs.String("http-addr", ":9443", "HTTPS listen address")
 	restCert := fs.String("rest-client-cert", "optional", "none|optional|require")
@@ -48,8 +49,13 @@ func masterCmd(args []string) error {
 	} else if len(pos) > 0 {
 		return cliutil.Usagef("master: unexpected argument %q", pos[0])
 	}
-	if (*data == "") == (*store == "") || *acc == "" || *edges == "" {
-		return cliutil.Usagef("master: one of --data or --store, and --accounts and --edges are required")
+	if (*data == "") == (*store == "") || *acc == "" || (*edges == "" && *listenEdges == "") {
+		return cliutil.Usagef("master: one of --data or --store, --accounts, and --edges or --listen-edges are required")
+	}
+	if *edges == "" {
+		if err := cliutil.Refuse(fs, "only with --edges (the master logs in only to edges it dials)", "password-file"); err != nil {
+			return err
+		}
 	}
 	flushBytes, err := parseBytes(*flushBytesS)
 	if err != nil || *flushInterval <= 0 || flushBytes <= 0 || *leaseTTL <= 0 {
@@ -78,9 +84,11 @@ func masterCmd(args []string) error {
 	if _, err := edge.ClientAuth(*restCert); err != nil {
 		return cliutil.Usagef("%v", err)
 	}
-	list, err := parseEdges(*edges)
-	if err != nil {
-		return err
+	var list []master.Edge
+	if *edges != "" {
+		if list, err = parseEdges(*edges); err != nil {
+			return err
+		}
 	}
 	log, err := lf.Logger()
 	if err != nil {
@@ -90,9 +98,11 @@ func masterCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	pw, err := cliutil.ReadPassword(*pwFile)
-	if err != nil {
-		return err
+	pw := "" // only to log in to edges the master dials
+	if len(list) > 0 {
+		if pw, err = cliutil.ReadPassword(*pwFile); err != nil {
+			return err
+		}
 	}
 	var st *s3store.Store
 	if *store != "" {
@@ -107,14 +117,18 @@ func masterCmd(args []string) error {
 	defer stop()
 	m, err := master.Open(master.Options{
 		Store: st, FlushInterval: *flushInterval, FlushBytes: flushBytes, LeaseTTL: *leaseTTL,
-		DataDir: *data, Name: *name, Password: pw, TLSFiles: paths, Accounts: *acc, Edges: list,
+		DataDir: *data, Name: *name, Password: pw, TLSFiles: paths, Accounts: *acc, Edges: list, ListenEdges: *listenEdges,
 		HTTPAddr: *httpAddr, RestClientCert: *restCert, SnapshotInterval: *interval, MaxPending: *maxPending,
 		Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-	if err := cliutil.WriteAddrFile(*addrFile, map[string]string{"https": m.HTTPAddr()}); err != nil {
+	addrs := map[string]string{"https": m.HTTPAddr()}
+	if a := m.EdgesAddr(); a != "" {
+		addrs["edges"] = a
+	}
+	if err := cliutil.WriteAddrFile(*addrFile, addrs); err != nil {
 		_ = m.Close(context.Background())
 		return err
 	}
