@@ -278,7 +278,7 @@ func Open(opts Options) (_ *Master, err error) {
 	if err != nil {
 		return nil, err
 	}
-	m.tls, err = live.Open(live.Options{Files: opts.TLSFiles, Poll: opts.TLSPoll, Logger: m.log, Registry: opts.Registry})
+	m.tls, err = live.Open(live.Options{Files: opts.TLSFiles, Poll: opts.TLSPoll, OnChange: m.endRevokedSessions, Logger: m.log, Registry: opts.Registry})
 	if err != nil {
 		return nil, fmt.Errorf("master: %w", err)
 	}
@@ -289,7 +289,7 @@ func Open(opts Options) (_ *Master, err error) {
 		}
 	}
 	m.met, m.sm = met, sm
-	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, Logger: m.log})
+	m.accounts, err = accounts.Open(accounts.Options{Path: opts.Accounts, PollInterval: opts.AccountsPoll, OnChange: m.endRevokedSessions, Logger: m.log})
 	if err != nil {
 		return nil, err
 	}
@@ -406,11 +406,25 @@ func (m *Master) newFollower(id, addr string) (*follower, error) {
 // now (SIGHUP) instead of at the next poll. Files that are refused leave
 // the ones in force; the error says why.
 func (m *Master) Reload() error {
-	_, aerr := m.accounts.Reload()
+	changed, aerr := m.accounts.Reload()
 	if aerr != nil {
 		m.log.Warn("accounts reload failed; keeping the previous accounts", "path", m.opts.Accounts, "err", aerr)
+	} else if changed {
+		m.endRevokedSessions()
 	}
 	return errors.Join(aerr, m.tls.Reload())
+}
+
+// endRevokedSessions runs after the accounts or the CRL changed: the
+// session of a dial-out edge whose certificate is now revoked, or whose
+// account is gone or disabled, ends (the edge cannot log in again).
+// The watchers that call it start after the edge listener is set.
+func (m *Master) endRevokedSessions() {
+	if m.link != nil {
+		if n := m.link.b.EndRevokedSessions(); n > 0 {
+			m.log.Info("ended edge sessions refused by the new accounts or CRL", "sessions", n)
+		}
+	}
 }
 
 // hostOf is the host of host:port, the name the edge's certificate must
