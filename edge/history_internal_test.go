@@ -49,10 +49,18 @@ func (r *historyRig) put(t *testing.T, device, key, value string) {
 	t.Helper()
 	at := r.clock
 	r.c.now = func() time.Time { return at } // read by the loop after submit: ordered by the channel
+	before := r.b.last.Load()
 	res := make(chan commitResult, 1)
 	r.c.submit(&writeReq{device: device, ops: []iotkv.Op{{Op: iotkv.OpPut, Key: key, Value: json.RawMessage(value)}}, done: func(c commitResult) { res <- c }})
 	if err := (<-res).err; err != nil {
 		t.Fatal(err)
+	}
+	// The write is acknowledged before the backup hears of its group
+	// (same goroutine, just after): wait for the change seq to move.
+	for deadline := time.Now().Add(5 * time.Second); r.b.last.Load() == before; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the backup never saw the change of %s/%s", device, key)
+		}
 	}
 }
 
