@@ -236,6 +236,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	handler := rest.NewEdgeHandler(rest.EdgeOptions{
 		KV: &kv{store: e.store, c: e.c, conn: e.connectedDevices}, History: history, Watcher: e.hub, Auth: auth, Metrics: metrics,
 		Gatherer: reg, Ready: e.Ready, Limits: opts.Limits, Logger: e.log, DiskUsage: e.store.DiskUsage,
+		WatchHeartbeat: opts.Watch.Heartbeat,
 	})
 	e.http, err = rest.Listen(opts.HTTPAddr, e.tls.ServerConfig(httpAuth), rest.PeerCheck(e.tls.CheckPeer)(handler), e.log)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,9 @@ type WatchOptions struct {
 	// watcher that falls further behind gets a final overflow event and is
 	// disconnected (it resumes with Last-Event-ID). Default 4096.
 	Buffer int
+	// Heartbeat is how often an idle stream gets a comment line; a client
+	// that reads nothing for two heartbeats is disconnected. Default 15 s.
+	Heartbeat time.Duration
 }
 
 func (o *WatchOptions) setDefaults() {
@@ -33,6 +37,9 @@ func (o *WatchOptions) setDefaults() {
 	}
 	if o.Buffer <= 0 {
 		o.Buffer = 4096
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = rest.HeartbeatInterval
 	}
 }
 

@@ -3,6 +3,8 @@ package edge_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/edge"
@@ -321,4 +325,87 @@ func TestWatchOverflowAndLimits(t *testing.T) {
 	if !strings.Contains(m, "iotkv_watchers ") {
 		t.Error("/metrics lacks iotkv_watchers")
 	}
+}
+
+// An idle stream gets a heartbeat comment every heartbeat; a client that
+// stops reading is cut after two heartbeats of stalled writes, without
+// waiting for its send buffer to overflow.
+func TestWatchHeartbeatsAndCutsAStalledReader(t *testing.T) {
+	p := testenv.NewPKI(t)
+	p.Identity(t, "hb", iotkv.RoleDevice)
+	p.Identity(t, "admin", iotkv.RoleAdmin)
+	reg := prometheus.NewRegistry()
+	e := testenv.StartEdge(t, p, "edge-hb", func(o *edge.Options) {
+		o.Registry = reg
+		o.Watch = edge.WatchOptions{Heartbeat: 200 * time.Millisecond, Buffer: 1 << 20}
+	})
+	client := p.HTTPClient(t, "admin")
+	_, s := openWatch(t, client, e.HTTPAddr(), "hb", testenv.Password("hb"), "/v1/watch/hb", "")
+	deadline := time.After(10 * time.Second)
+	for heartbeats := 0; heartbeats < 2; {
+		select {
+		case c := <-s.comments:
+			if c == ": heartbeat" {
+				heartbeats++
+			}
+		case <-deadline:
+			t.Fatal("no two heartbeats within 10s on an idle stream with a 200ms heartbeat")
+		}
+	}
+
+	// A reader that sends its request and never reads: the edge writes
+	// into the socket until the kernel's buffers are full, then its write
+	// deadline (two heartbeats) ends the stream.
+	conn, err := tls.Dial("tcp", e.HTTPAddr(), p.ClientTLS(t, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	auth := base64.StdEncoding.EncodeToString([]byte("hb:" + testenv.Password("hb")))
+	fmt.Fprintf(conn, "GET /v1/watch/hb HTTP/1.1\r\nHost: edge\r\nAuthorization: Basic %s\r\n\r\n", auth)
+	waitGauge := func(want float64) {
+		t.Helper()
+		for end := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if metricValue(t, reg, "iotkv_watchers") == want {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("iotkv_watchers never reached %v", want)
+			}
+		}
+	}
+	waitGauge(2)
+	c := p.Connect(t, e.MQTTAddr(), "hb")
+	value, _ := json.Marshal(strings.Repeat("x", 60<<10))
+	for seq := uint64(1); seq <= 40; seq++ { // ~36 MB of events: more than loopback buffers hold
+		b := iotkv.Batch{Seq: seq}
+		for i := range 15 {
+			b.Ops = append(b.Ops, iotkv.Op{Op: iotkv.OpPut, Key: fmt.Sprintf("k/%d", i), Value: value})
+		}
+		payload, _ := json.Marshal(b)
+		if tok := c.Publish(iotkv.BatchTopic("hb"), 1, false, payload); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", seq, tok.Error())
+		}
+	}
+	waitGauge(1) // the stalled one is gone; the reading one stays
+	if n := metricValue(t, reg, "iotkv_watch_overflows_total"); n != 0 {
+		t.Fatalf("%v overflows: the stalled reader was cut by its buffer, not by the write deadline", n)
+	}
+}
+
+// metricValue reads the one unlabelled gauge or counter called name.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,6 +59,10 @@ type EdgeOptions struct {
 	DiskUsage func() uint64
 	Limits    iotkv.Limits
 	Logger    *slog.Logger
+	// WatchHeartbeat is how often an idle watch stream gets a comment
+	// line; a client that reads nothing for two heartbeats is cut.
+	// Default HeartbeatInterval.
+	WatchHeartbeat time.Duration
 }
 
 //go:embed openapi.json
@@ -66,6 +71,9 @@ var openAPI []byte
 // NewEdgeHandler routes every edge REST path of docs/protocol.md.
 func NewEdgeHandler(o EdgeOptions) http.Handler {
 	o.Limits = o.Limits.WithDefaults()
+	if o.WatchHeartbeat <= 0 {
+		o.WatchHeartbeat = HeartbeatInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -69,8 +69,8 @@ type Watcher interface {
 	Watch(ctx context.Context, req WatchRequest) (WatchStream, error)
 }
 
-// HeartbeatInterval is how often an idle stream gets a comment line, so
-// proxies and clients can tell it is alive.
+// HeartbeatInterval is how often an idle stream gets a comment line by
+// default, so proxies and clients can tell it is alive.
 const HeartbeatInterval = 15 * time.Second
 
 // parseMs reads an optional time in ms since the epoch.
@@ -183,7 +183,8 @@ func (h *edgeHandler) watch(w http.ResponseWriter, r *http.Request, device strin
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	const writeStall = 2 * HeartbeatInterval
+	heartbeat := h.o.WatchHeartbeat
+	writeStall := 2 * heartbeat
 	send := func(b []byte, flush bool) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(writeStall))
 		if _, err := w.Write(b); err != nil {
@@ -197,7 +198,7 @@ func (h *edgeHandler) watch(w http.ResponseWriter, r *http.Request, device strin
 	ctx := r.Context()
 	var buf []byte
 	for {
-		wctx, cancel := context.WithTimeout(ctx, HeartbeatInterval)
+		wctx, cancel := context.WithTimeout(ctx, heartbeat)
 		ev, err := s.Next(wctx)
 		cancel()
 		switch {
