@@ -3,102 +3,25 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/accounts"
-	"github.com/iotkv/iotkv/certs"
 	"github.com/iotkv/iotkv/internal/cliutil"
 )
 
-func certsCmd(args []string) error {
-	if len(args) == 0 {
-		return cliutil.Usagef("usage: iotkv certs init|issue|sign|revoke|crl|list --dir D ...")
-	}
-	switch args[0] {
-	case "sign", "revoke", "crl", "list":
-		return certsLifecycleCmd(args[0], args[1:])
-	}
-	fs := flag.NewFlagSet("certs "+args[0], flag.ContinueOnError)
-	dir := fs.String("dir", "", "certificate directory (required)")
-	force := fs.Bool("force", false, "overwrite existing files")
-	switch args[0] {
-	case "init":
-		if _, err := cliutil.Parse(fs, args[1:]); err != nil {
-			return err
-		}
-		if *dir == "" {
-			return cliutil.Usagef("certs init: --dir is required")
-		}
-		if err := certs.Init(*dir, *force); err != nil {
-			return err
-		}
-		fmt.Printf("wrote %s/ca.crt and %s/ca.key\n", *dir, *dir)
-		return nil
-	case "issue":
-		name := fs.String("name", "", "identity name, the certificate CN (required)")
-		role := fs.String("role", "", "edge|master|device|client (required)")
-		hosts := fs.String("host", "", "server SANs, comma-separated (default localhost,127.0.0.1,::1)")
-		days := fs.Int("days", 825, "validity in days")
-		if _, err := cliutil.Parse(fs, args[1:]); err != nil {
-			return err
-		}
-		if *dir == "" || *name == "" || *role == "" {
-			return cliutil.Usagef("certs issue: --dir, --name and --role are required")
-		}
-		var hl []string
-		if *hosts != "" {
-			hl = strings.Split(*hosts, ",")
-		}
-		if err := certs.Issue(*dir, certs.Request{Name: *name, Role: *role, Hosts: hl, Days: *days, Force: *force}); err != nil {
-			return err
-		}
-		fmt.Printf("wrote %s/%s.crt and %s/%s.key\n", *dir, *name, *dir, *name)
-		return nil
-	}
-	return cliutil.Usagef("certs: unknown subcommand %q (want init, issue, sign, revoke, crl or list)", args[0])
-}
-
 func usersCmd(args []string) error {
-	if len(args) == 0 {
-		return cliutil.Usagef("usage: iotkv users add|list|del|passwd|disable|enable --file F ...")
-	}
-	sub := args[0]
-	fs := flag.NewFlagSet("users "+sub, flag.ContinueOnError)
-	file := fs.String("file", "", "accounts file (required)")
-	name := fs.String("name", "", "account name")
-	role := fs.String("role", "", "device|reader|writer|admin|master|edge")
-	password := fs.String("password", "", "the password")
-	stdin := fs.Bool("password-stdin", false, "read the password from standard input")
-	cost := fs.Int("cost", accounts.DefaultCost, "bcrypt cost (at least 10)")
-	if _, err := cliutil.Parse(fs, args[1:]); err != nil {
-		return err
-	}
-	if *file == "" {
-		return cliutil.Usagef("users %s: --file is required", sub)
-	}
-	f, err := accounts.Load(*file)
+	c, _, err := parseUsers(args, os.Stdin)
 	if err != nil {
 		return err
 	}
-	pw := func() (string, error) {
-		if *stdin {
-			return cliutil.FirstLine(os.Stdin)
-		}
-		if *password == "" {
-			return "", cliutil.Usagef("users %s: --password P or --password-stdin is required", sub)
-		}
-		return *password, nil
+	f, err := accounts.Load(c.File)
+	if err != nil {
+		return err
 	}
-	if sub != "list" && *name == "" {
-		return cliutil.Usagef("users %s: --name is required", sub)
-	}
-	if (sub == "add" || sub == "passwd") && (*cost < accounts.MinCost) {
-		return cliutil.Usagef("users %s: --cost %d is below the minimum of %d", sub, *cost, accounts.MinCost)
-	}
-	switch sub {
+	switch c.Sub {
 	case "list":
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tROLE\tSTATE")
@@ -111,34 +34,97 @@ func usersCmd(args []string) error {
 		}
 		return tw.Flush()
 	case "add":
-		if !iotkv.Role(*role).Valid() {
-			return cliutil.Usagef("users add: --role %q: want device, reader, writer, admin, master or edge", *role)
+		err = f.Add(c.Name, c.Role, c.Password, c.Cost)
+	case "passwd":
+		err = f.Passwd(c.Name, c.Password, c.Cost)
+	case "del":
+		err = f.Del(c.Name)
+	case "disable", "enable":
+		err = f.SetDisabled(c.Name, c.Sub == "disable")
+	}
+	if err != nil {
+		return err
+	}
+	return f.Save(c.File)
+}
+
+// usersConfig is what a users subcommand's flags make.
+type usersConfig struct {
+	Sub, File, Name string
+	Role            iotkv.Role // add
+	Password        string     // add, passwd
+	Cost            int        // add, passwd
+}
+
+// parseUsers reads `users SUB` and its flags (the password from stdin
+// with --password-stdin), and returns the flag set it used. A flag the
+// subcommand does not use is refused.
+func parseUsers(args []string, stdin io.Reader) (*usersConfig, *flag.FlagSet, error) {
+	if len(args) == 0 {
+		return nil, nil, cliutil.Usagef("usage: iotkv users add|list|del|passwd|disable|enable --file F ...")
+	}
+	sub := args[0]
+	switch sub {
+	case "list", "add", "passwd", "del", "disable", "enable":
+	default:
+		return nil, nil, cliutil.Usagef("users: unknown subcommand %q (want add, list, del, passwd, disable or enable)", sub)
+	}
+	fs := flag.NewFlagSet("users "+sub, flag.ContinueOnError)
+	file := fs.String("file", "", "accounts file (required)")
+	name := fs.String("name", "", "account name")
+	role := fs.String("role", "", "add: device|reader|writer|admin|master|edge")
+	password := fs.String("password", "", "add, passwd: the password")
+	stdinPW := fs.Bool("password-stdin", false, "add, passwd: read the password from standard input")
+	cost := fs.Int("cost", accounts.DefaultCost, "add, passwd: bcrypt cost (at least 10)")
+	if err := parseNoArgs(fs, args[1:]); err != nil {
+		return nil, nil, err
+	}
+	if *file == "" {
+		return nil, nil, cliutil.Usagef("users %s: --file is required", sub)
+	}
+	c := &usersConfig{Sub: sub, File: *file, Name: *name}
+	switch sub {
+	case "list":
+		if err := cliutil.Refuse(fs, "not used by list", "name", "role", "password", "password-stdin", "cost"); err != nil {
+			return nil, nil, err
 		}
-		p, err := pw()
-		if err != nil {
-			return err
-		}
-		if err := f.Add(*name, iotkv.Role(*role), p, *cost); err != nil {
-			return err
+		return c, fs, nil
+	case "add":
+		if c.Role = iotkv.Role(*role); !c.Role.Valid() {
+			return nil, nil, cliutil.Usagef("users add: --role %q: want device, reader, writer, admin, master or edge", *role)
 		}
 	case "passwd":
-		p, err := pw()
-		if err != nil {
-			return err
+		if err := cliutil.Refuse(fs, "not used by passwd (the role stays)", "role"); err != nil {
+			return nil, nil, err
 		}
-		if err := f.Passwd(*name, p, *cost); err != nil {
-			return err
+	default: // del, disable, enable
+		if err := cliutil.Refuse(fs, "not used by "+sub, "role", "password", "password-stdin", "cost"); err != nil {
+			return nil, nil, err
 		}
-	case "del":
-		if err := f.Del(*name); err != nil {
-			return err
-		}
-	case "disable", "enable":
-		if err := f.SetDisabled(*name, sub == "disable"); err != nil {
-			return err
-		}
-	default:
-		return cliutil.Usagef("users: unknown subcommand %q (want add, list, del, passwd, disable or enable)", sub)
 	}
-	return f.Save(*file)
+	if *name == "" {
+		return nil, nil, cliutil.Usagef("users %s: --name is required", sub)
+	}
+	if sub == "add" || sub == "passwd" {
+		if *cost < accounts.MinCost {
+			return nil, nil, cliutil.Usagef("users %s: --cost %d is below the minimum of %d", sub, *cost, accounts.MinCost)
+		}
+		c.Cost = *cost
+		switch {
+		case *stdinPW:
+			if err := cliutil.Refuse(fs, "give the password once: --password-stdin or --password", "password"); err != nil {
+				return nil, nil, err
+			}
+			p, err := cliutil.FirstLine(stdin)
+			if err != nil {
+				return nil, nil, err
+			}
+			c.Password = p
+		case *password == "":
+			return nil, nil, cliutil.Usagef("users %s: --password P or --password-stdin is required", sub)
+		default:
+			c.Password = *password
+		}
+	}
+	return c, fs, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"io"
 	"os"
 
 	"github.com/iotkv/iotkv/internal/cliutil"
@@ -9,6 +10,19 @@ import (
 )
 
 func demoCmd(args []string) error {
+	o, _, err := parseDemo(args, os.Stdout)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	_, err = demorun.Run(ctx, *o)
+	return err
+}
+
+// parseDemo reads the demo's flags into the options it runs with, and
+// returns the flag set it used.
+func parseDemo(args []string, stdout *os.File) (*demorun.Options, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	lf := cliutil.Log{}
 	lf.Register(fs)
@@ -18,23 +32,21 @@ func demoCmd(args []string) error {
 	devices := fs.Int("devices", 10, "simulated devices, split over two edges")
 	rate := fs.Float64("rate", 5, "ops per second per device")
 	if pos, err := cliutil.Parse(fs, args); err != nil {
-		return err
+		return nil, nil, err
 	} else if len(pos) > 0 {
-		return cliutil.Usagef("demo: unexpected argument %q", pos[0])
+		return nil, nil, cliutil.Usagef("demo: unexpected argument %q", pos[0])
 	}
 	if *devices < 1 || *duration < 0 || *rate <= 0 {
-		return cliutil.Usagef("demo: --devices must be at least 1, --duration not negative, --rate positive")
+		return nil, nil, cliutil.Usagef("demo: --devices must be at least 1, --duration not negative, --rate positive")
 	}
 	log, err := lf.Logger()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	ctx, stop := cliutil.SignalContext()
-	defer stop()
-	st, _ := os.Stdout.Stat()
-	_, err = demorun.Run(ctx, demorun.Options{
+	st, _ := stdout.Stat()
+	var out io.Writer = stdout
+	return &demorun.Options{
 		Dir: *dir, Duration: *duration, Devices: *devices, Rate: *rate,
-		Out: os.Stdout, TTY: st != nil && st.Mode()&os.ModeCharDevice != 0, Logger: log,
-	})
-	return err
+		Out: out, TTY: st != nil && st.Mode()&os.ModeCharDevice != 0, Logger: log,
+	}, fs, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"io"
 	"os"
 	"time"
 
@@ -11,7 +12,60 @@ import (
 	"github.com/iotkv/iotkv/s3store"
 )
 
+// edgeConfig is what the edge's flags make: everything edgeCmd runs.
+type edgeConfig struct {
+	Options  edge.Options
+	Restore  *restoreConfig // nil without --restore-from
+	AddrFile string
+}
+
+// restoreConfig is --restore-from and what goes with it.
+type restoreConfig struct {
+	URL, Name, Password  string
+	Force                bool
+	S3Endpoint, S3Region string
+}
+
 func edgeCmd(args []string) error {
+	cfg, _, err := parseEdge(args, os.Stdout)
+	if err != nil {
+		return err
+	}
+	o, log := cfg.Options, cfg.Options.Logger
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	if rc := cfg.Restore; rc != nil {
+		if err := restoreEdge(ctx, log, rc.URL, o.ID, rc.Name, rc.Password, o.DataDir, o.TLSFiles, rc.Force, rc.S3Endpoint, rc.S3Region); err != nil {
+			return err
+		}
+	}
+	e, err := edge.Open(o)
+	if err != nil {
+		return err
+	}
+	if err := cliutil.WriteAddrFile(cfg.AddrFile, map[string]string{"mqtt": e.MQTTAddr(), "https": e.HTTPAddr()}); err != nil {
+		_ = e.Close(context.Background())
+		return err
+	}
+	hup, stopHup := cliutil.HangupSignals()
+	defer stopHup()
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading accounts and TLS files")
+			_ = e.Reload() // a refusal is logged; the files in force stay
+		case <-ctx.Done():
+		}
+	}
+	log.Info("shutting down: finishing writes in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return e.Close(sctx)
+}
+
+// parseEdge reads the edge's flags (command line, environment, --config)
+// into what edgeCmd runs, and returns the flag set it used.
+func parseEdge(args []string, stdout io.Writer) (*edgeConfig, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	var lf cliutil.Log
 	lf.Register(fs)
@@ -52,29 +106,29 @@ func edgeCmd(args []string) error {
 	fs.Var(histBytes, "history-max-bytes", "most bytes of history (change log and index) the edge keeps, e.g. 1GiB")
 	maxWatchers := fs.Int("max-watchers", 1000, "most watch streams (GET /v1/watch) open at once")
 	maxWatchersAcct := fs.Int("max-watchers-per-account", 16, "most watch streams open at once per account")
-	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
-		return err
+	if pos, err := cliutil.ParseConfig(fs, args, stdout); err != nil {
+		return nil, nil, err
 	} else if len(pos) > 0 {
-		return cliutil.Usagef("edge: unexpected argument %q", pos[0])
+		return nil, nil, cliutil.Usagef("edge: unexpected argument %q", pos[0])
 	}
 	if *id == "" || *data == "" || *acc == "" {
-		return cliutil.Usagef("edge: --id, --data and --accounts are required")
+		return nil, nil, cliutil.Usagef("edge: --id, --data and --accounts are required")
 	}
 	if histBytes.n <= 0 {
-		return cliutil.Usagef("edge: --history-max-bytes must be positive")
+		return nil, nil, cliutil.Usagef("edge: --history-max-bytes must be positive")
 	}
 	if *maxWatchers <= 0 || *maxWatchersAcct <= 0 {
-		return cliutil.Usagef("edge: --max-watchers and --max-watchers-per-account must be positive")
+		return nil, nil, cliutil.Usagef("edge: --max-watchers and --max-watchers-per-account must be positive")
 	}
 	if err := checkRestoreURL(*restoreFrom); err != nil {
-		return err
+		return nil, nil, err
 	}
 	quotaBytes, err := parseBytes(*quotaBytesS)
 	if err != nil {
-		return cliutil.Usagef("edge: --quota-bytes: %v", err)
+		return nil, nil, cliutil.Usagef("edge: --quota-bytes: %v", err)
 	}
 	if *quotaKeys < 0 || *rateOps < 0 {
-		return cliutil.Usagef("edge: --quota-keys and --rate-ops must not be negative")
+		return nil, nil, cliutil.Usagef("edge: --quota-keys and --rate-ops must not be negative")
 	}
 	noLimit := func(n int64) int64 {
 		if n == 0 {
@@ -86,7 +140,7 @@ func edgeCmd(args []string) error {
 	if *masters != "" {
 		var err error
 		if dial.Masters, err = edge.ParseMasterURLs(*masters); err != nil {
-			return cliutil.Usagef("edge: --master: %v", err)
+			return nil, nil, cliutil.Usagef("edge: --master: %v", err)
 		}
 	}
 	// --name and --password-file are the edge's account at a master: for
@@ -94,35 +148,35 @@ func edgeCmd(args []string) error {
 	switch {
 	case *restoreFrom == "":
 		if err := cliutil.Refuse(fs, "only with --restore-from", "force", "s3-endpoint", "s3-region"); err != nil {
-			return err
+			return nil, nil, err
 		}
 		if *masters == "" {
 			if err := cliutil.Refuse(fs, "only with --restore-from or --master", "name", "password-file"); err != nil {
-				return err
+				return nil, nil, err
 			}
 		}
 	case s3store.IsURL(*restoreFrom):
 		// Object storage uses the AWS credentials, not an iotkv account.
 		if *masters == "" {
 			if err := cliutil.Refuse(fs, "not used with --restore-from s3://... (credentials come from AWS_*)", "name", "password-file"); err != nil {
-				return err
+				return nil, nil, err
 			}
 		}
 	default:
 		if err := cliutil.Refuse(fs, "only with --restore-from s3://...", "s3-endpoint", "s3-region"); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	log, err := lf.Logger()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	paths, err := tf.ServerPaths(*id, *crl)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if _, err := edge.ClientAuth(*restCert); err != nil {
-		return cliutil.Usagef("%v", err)
+		return nil, nil, cliutil.Usagef("%v", err)
 	}
 	if *name == "" {
 		*name = *id
@@ -130,23 +184,20 @@ func edgeCmd(args []string) error {
 	if len(dial.Masters) > 0 {
 		dial.Name = *name
 		if dial.Password, err = cliutil.ReadPassword(*pwFile); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
-	ctx, stop := cliutil.SignalContext()
-	defer stop()
+	cfg := &edgeConfig{AddrFile: *addrFile}
 	if *restoreFrom != "" {
 		pw := ""
 		if !s3store.IsURL(*restoreFrom) { // object storage uses AWS credentials instead
 			if pw, err = cliutil.ReadPassword(*pwFile); err != nil {
-				return err
+				return nil, nil, err
 			}
 		}
-		if err := restoreEdge(ctx, log, *restoreFrom, *id, *name, pw, *data, paths, *force, *s3Endpoint, *s3Region); err != nil {
-			return err
-		}
+		cfg.Restore = &restoreConfig{URL: *restoreFrom, Name: *name, Password: pw, Force: *force, S3Endpoint: *s3Endpoint, S3Region: *s3Region}
 	}
-	e, err := edge.Open(edge.Options{
+	cfg.Options = edge.Options{
 		ID: *id, DataDir: *data, TLSFiles: paths, Accounts: *acc,
 		MQTTAddr: *mqttAddr, HTTPAddr: *httpAddr, RestClientCert: *restCert,
 		MaxPacketSize: uint32(*maxPacket), ConnectTimeout: *connectTimeout,
@@ -158,26 +209,6 @@ func edgeCmd(args []string) error {
 		History:      edge.HistoryOptions{Off: histRetain.d == 0, Retain: histRetain.d, MaxBytes: histBytes.n},
 		Watch:        edge.WatchOptions{MaxTotal: *maxWatchers, MaxPerAccount: *maxWatchersAcct},
 		Logger:       log,
-	}.WithLimits(*maxKey, *maxValue, *maxOps))
-	if err != nil {
-		return err
-	}
-	if err := cliutil.WriteAddrFile(*addrFile, map[string]string{"mqtt": e.MQTTAddr(), "https": e.HTTPAddr()}); err != nil {
-		_ = e.Close(context.Background())
-		return err
-	}
-	hup, stopHup := cliutil.HangupSignals()
-	defer stopHup()
-	for ctx.Err() == nil {
-		select {
-		case <-hup:
-			log.Info("SIGHUP: reloading accounts and TLS files")
-			_ = e.Reload() // a refusal is logged; the files in force stay
-		case <-ctx.Done():
-		}
-	}
-	log.Info("shutting down: finishing writes in flight")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return e.Close(sctx)
+	}.WithLimits(*maxKey, *maxValue, *maxOps)
+	return cfg, fs, nil
 }

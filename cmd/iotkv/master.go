@@ -19,7 +19,60 @@ import (
 	"github.com/iotkv/iotkv/s3store"
 )
 
+// masterConfig is what the master's flags make: everything masterCmd runs.
+type masterConfig struct {
+	Options  master.Options   // Store is opened from StoreOptions by masterCmd
+	Store    *s3store.Options // nil without --store
+	AddrFile string
+}
+
 func masterCmd(args []string) error {
+	cfg, _, err := parseMaster(args, os.Stdout)
+	if err != nil {
+		return err
+	}
+	o, log := cfg.Options, cfg.Options.Logger
+	if cfg.Store != nil {
+		if o.Store, err = s3store.Open(*cfg.Store); err != nil {
+			return cliutil.Usagef("master: %v", err)
+		}
+		if err := o.Store.Ping(context.Background()); err != nil {
+			log.Warn("object storage not reachable yet: not ready until it is", "err", err)
+		}
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	m, err := master.Open(o)
+	if err != nil {
+		return err
+	}
+	addrs := map[string]string{"https": m.HTTPAddr()}
+	if a := m.EdgesAddr(); a != "" {
+		addrs["edges"] = a
+	}
+	if err := cliutil.WriteAddrFile(cfg.AddrFile, addrs); err != nil {
+		_ = m.Close(context.Background())
+		return err
+	}
+	hup, stopHup := cliutil.HangupSignals()
+	defer stopHup()
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading accounts and TLS files")
+			_ = m.Reload() // a refusal is logged; the files in force stay
+		case <-ctx.Done():
+		}
+	}
+	log.Info("shutting down: journaling what is in flight, writing latest.json")
+	sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return m.Close(sctx)
+}
+
+// parseMaster reads the master's flags (command line, environment,
+// --config) into what masterCmd runs, and returns the flag set it used.
+func parseMaster(args []string, stdout io.Writer) (*masterConfig, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("master", flag.ContinueOnError)
 	var lf cliutil.Log
 	lf.Register(fs)
@@ -44,108 +97,76 @@ func masterCmd(args []string) error {
 	maxPending := fs.Int("max-pending", 100_000, "keys changed since latest.json held in memory before an early snapshot")
 	addrFile := fs.String("addr-file", "", "write the bound addresses here as JSON")
 	crl := fs.String("crl", "", "certificate revocation list to enforce (default D/crl.pem of --certs D when present; reloaded on change)")
-	if pos, err := cliutil.ParseConfig(fs, args, os.Stdout); err != nil {
-		return err
+	if pos, err := cliutil.ParseConfig(fs, args, stdout); err != nil {
+		return nil, nil, err
 	} else if len(pos) > 0 {
-		return cliutil.Usagef("master: unexpected argument %q", pos[0])
+		return nil, nil, cliutil.Usagef("master: unexpected argument %q", pos[0])
 	}
 	if (*data == "") == (*store == "") || *acc == "" || (*edges == "" && *listenEdges == "") {
-		return cliutil.Usagef("master: one of --data or --store, --accounts, and --edges or --listen-edges are required")
+		return nil, nil, cliutil.Usagef("master: one of --data or --store, --accounts, and --edges or --listen-edges are required")
 	}
 	if *edges == "" {
 		if err := cliutil.Refuse(fs, "only with --edges (the master logs in only to edges it dials)", "password-file"); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	flushBytes, err := parseBytes(*flushBytesS)
 	if err != nil || *flushInterval <= 0 || flushBytes <= 0 || *leaseTTL <= 0 {
-		return cliutil.Usagef("master: --flush-interval, --flush-bytes and --lease-ttl must be positive")
+		return nil, nil, cliutil.Usagef("master: --flush-interval, --flush-bytes and --lease-ttl must be positive")
 	}
 	if *interval <= 0 {
-		return cliutil.Usagef("master: --snapshot-interval must be positive")
+		return nil, nil, cliutil.Usagef("master: --snapshot-interval must be positive")
 	}
 	if *store != "" {
 		// The S3 store keeps no map of pending keys: it stores segments.
 		if err := cliutil.Refuse(fs, "not used with --store (the object store flushes by --flush-interval and --flush-bytes)", "max-pending"); err != nil {
-			return err
+			return nil, nil, err
 		}
 		if err := checkStoreURL("master: --store", *store); err != nil {
-			return err
+			return nil, nil, err
 		}
 		if _, err := s3store.ParseCompression(*s3Compress); err != nil {
-			return cliutil.Usagef("master: --s3-compress: %v", err)
+			return nil, nil, cliutil.Usagef("master: --s3-compress: %v", err)
 		}
 	}
 	if *store == "" {
 		if err := cliutil.Refuse(fs, "only with --store s3://...", "s3-endpoint", "s3-region", "s3-compress", "flush-interval", "flush-bytes", "lease-ttl"); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	if _, err := edge.ClientAuth(*restCert); err != nil {
-		return cliutil.Usagef("%v", err)
+		return nil, nil, cliutil.Usagef("%v", err)
 	}
 	var list []master.Edge
 	if *edges != "" {
 		if list, err = parseEdges(*edges); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	log, err := lf.Logger()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	paths, err := tf.ServerPaths(*name, *crl)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	pw := "" // only to log in to edges the master dials
 	if len(list) > 0 {
 		if pw, err = cliutil.ReadPassword(*pwFile); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
-	var st *s3store.Store
-	if *store != "" {
-		if st, err = s3store.Open(s3store.Options{URL: *store, Endpoint: *s3Endpoint, Region: *s3Region, Compression: *s3Compress, Logger: log}); err != nil {
-			return cliutil.Usagef("master: %v", err)
-		}
-		if err := st.Ping(context.Background()); err != nil {
-			log.Warn("object storage not reachable yet: not ready until it is", "err", err)
-		}
-	}
-	ctx, stop := cliutil.SignalContext()
-	defer stop()
-	m, err := master.Open(master.Options{
-		Store: st, FlushInterval: *flushInterval, FlushBytes: flushBytes, LeaseTTL: *leaseTTL,
+	cfg := &masterConfig{AddrFile: *addrFile, Options: master.Options{
+		FlushInterval: *flushInterval, FlushBytes: flushBytes, LeaseTTL: *leaseTTL,
 		DataDir: *data, Name: *name, Password: pw, TLSFiles: paths, Accounts: *acc, Edges: list, ListenEdges: *listenEdges,
 		HTTPAddr: *httpAddr, RestClientCert: *restCert, SnapshotInterval: *interval, MaxPending: *maxPending,
 		Logger: log,
-	})
-	if err != nil {
-		return err
+	}}
+	if *store != "" {
+		cfg.Store = &s3store.Options{URL: *store, Endpoint: *s3Endpoint, Region: *s3Region, Compression: *s3Compress, Logger: log}
 	}
-	addrs := map[string]string{"https": m.HTTPAddr()}
-	if a := m.EdgesAddr(); a != "" {
-		addrs["edges"] = a
-	}
-	if err := cliutil.WriteAddrFile(*addrFile, addrs); err != nil {
-		_ = m.Close(context.Background())
-		return err
-	}
-	hup, stopHup := cliutil.HangupSignals()
-	defer stopHup()
-	for ctx.Err() == nil {
-		select {
-		case <-hup:
-			log.Info("SIGHUP: reloading accounts and TLS files")
-			_ = m.Reload() // a refusal is logged; the files in force stay
-		case <-ctx.Done():
-		}
-	}
-	log.Info("shutting down: journaling what is in flight, writing latest.json")
-	sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	return m.Close(sctx)
+	return cfg, fs, nil
 }
 
 // parseEdges reads id=host:port,id=host:port.

@@ -205,18 +205,26 @@ func (t *TLSFlags) Paths(name string) (certs.Paths, error) {
 	return p, nil
 }
 
-// Refuse is a usage error when any of names was set on the command line:
-// a flag that would be accepted and ignored in this combination. why ends
-// the one-line message ("--max-pending: not used with --store").
+// Refuse is a usage error when any of names was set (on the command line,
+// or by the environment or the file of ParseConfig): a flag that would be
+// accepted and ignored in this combination. why ends the one-line message
+// ("--max-pending: not used with --store").
 func Refuse(fs *flag.FlagSet, why string, names ...string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return RefuseGiven(fs, set, why, names...)
+}
+
+// RefuseGiven is Refuse for the flags in given only: those of the command
+// line, as ParseConfigCommandLine returns them, where a configuration
+// shared by several subcommands may set a flag one of them does not use.
+func RefuseGiven(fs *flag.FlagSet, given map[string]bool, why string, names ...string) error {
 	var set []string
-	fs.Visit(func(f *flag.Flag) {
-		for _, n := range names {
-			if f.Name == n {
-				set = append(set, "--"+n)
-			}
+	for _, n := range names {
+		if given[n] {
+			set = append(set, "--"+n)
 		}
-	})
+	}
 	if len(set) == 0 {
 		return nil
 	}

@@ -48,29 +48,39 @@ const (
 // ReadPassword). A list may be written as a YAML sequence: it is passed
 // to the flag joined with commas.
 func ParseConfig(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
+	pos, _, err := ParseConfigCommandLine(fs, args, stdout)
+	return pos, err
+}
+
+// ParseConfigCommandLine is ParseConfig that also returns the names of
+// the flags given on the command line (not by the environment or the
+// file): for a refusal that a configuration shared by several
+// subcommands must not trigger.
+func ParseConfigCommandLine(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, map[string]bool, error) {
 	file := fs.String("config", "", "YAML file of flag values, keys spelled as the flags; also IOTKV_<FLAG> variables (flag > environment > file > default)")
 	printCfg := fs.Bool("print-config", false, "print the effective configuration (secrets masked) and exit")
 	pos, err := Parse(fs, args)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	src := map[string]string{}
-	fs.Visit(func(f *flag.Flag) { src[f.Name] = srcFlag })
+	cli := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { src[f.Name], cli[f.Name] = srcFlag, true })
 	if err := applyEnv(fs, src); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if *file != "" {
 		if err := applyFile(fs, *file, src); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if *printCfg {
 		if err := printConfig(stdout, fs, src, *file); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, ErrConfigPrinted
+		return nil, nil, ErrConfigPrinted
 	}
-	return pos, nil
+	return pos, cli, nil
 }
 
 // layerOnly are ParseConfig's own flags: never read from a file, and

@@ -86,63 +86,111 @@ func (f *flags) deviceOptions(o *device.Options) {
 	o.QueueMaxBytes, o.Linger, o.Window = f.queueMax, f.linger, f.window
 }
 
-func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) error {
+// deviceConfig is what the flags of put, get, del, history and shell make.
+type deviceConfig struct {
+	Sub  string
+	Args []string
+	// Options opens the client of put, del and shell; get and history
+	// use its Name, Password, TLSFiles, REST and Logger.
+	Options      device.Options
+	FlushTimeout time.Duration // put, del, shell
+	Since        time.Duration // history
+	TTL          int64         // put; 0: never expires
+}
+
+// readOnly are the subcommands that read over REST and open no queue.
+func readOnly(sub string) bool { return sub == "get" || sub == "history" }
+
+// parseDevice reads `device SUB` flags and arguments, and returns the
+// flag set it used. A write-path flag given to get or history on the
+// command line is refused; from a configuration file (shared by every
+// subcommand) it is left alone.
+func parseDevice(sub string, args []string, stdout io.Writer) (*deviceConfig, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
 	var f flags
 	f.register(fs)
-	var since time.Duration
+	c := &deviceConfig{Sub: sub}
 	if sub == "history" {
-		fs.DurationVar(&since, "since", 0, "history: only ops of the last DURATION (e.g. 1h, 30m); default all the edge keeps")
+		fs.DurationVar(&c.Since, "since", 0, "history: only ops of the last DURATION (e.g. 1h, 30m); default all the edge keeps")
 	}
-	var ttl *int64
 	if sub == "put" {
-		ttl = fs.Int64("ttl", 0, "make the key expire this many seconds after the edge commits it (1 s to 10 years; 0: never)")
+		fs.Int64Var(&c.TTL, "ttl", 0, "make the key expire this many seconds after the edge commits it (1 s to 10 years; 0: never)")
 	}
-	pos, err := cliutil.ParseConfig(fs, args, stdout)
+	pos, given, err := cliutil.ParseConfigCommandLine(fs, args, stdout)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	if since < 0 {
-		return cliutil.Usagef("device history: --since must not be negative")
+	if c.Since < 0 {
+		return nil, nil, cliutil.Usagef("device history: --since must not be negative")
 	}
 	want := map[string]int{"put": 2, "del": 1, "get": 1, "history": 1, "shell": 0}[sub]
 	if len(pos) != want {
-		return cliutil.Usagef("device %s: want %d argument(s), got %d\n%s", sub, want, len(pos), usage)
+		return nil, nil, cliutil.Usagef("device %s: want %d argument(s), got %d\n%s", sub, want, len(pos), usage)
+	}
+	c.Args = pos
+	if readOnly(sub) {
+		if err := cliutil.RefuseGiven(fs, given, "not used by "+sub+" (it reads over --rest and queues nothing)", "edge", "queue", "queue-max-bytes", "flush-timeout", "linger", "window"); err != nil {
+			return nil, nil, err
+		}
+	}
+	if sub == "put" || sub == "del" {
+		if err := cliutil.RefuseGiven(fs, given, "not used by "+sub+" (it writes over --edge and reads nothing)", "rest"); err != nil {
+			return nil, nil, err
+		}
 	}
 	if f.name == "" {
-		return cliutil.Usagef("device %s: --name is required", sub)
+		return nil, nil, cliutil.Usagef("device %s: --name is required", sub)
 	}
-	if ttl != nil && *ttl != 0 {
-		if err := iotkv.ValidateTTL(*ttl); err != nil {
-			return cliutil.Usagef("device put: --ttl: %v", err)
+	if c.TTL != 0 {
+		if err := iotkv.ValidateTTL(c.TTL); err != nil {
+			return nil, nil, cliutil.Usagef("device put: --ttl: %v", err)
 		}
 	}
 	if err := iotkv.ValidateName(f.name); err != nil {
-		return cliutil.Usagef("device %s: --name: %v", sub, err)
+		return nil, nil, cliutil.Usagef("device %s: --name: %v", sub, err)
 	}
 	log, err := f.log.Logger()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	paths, err := f.tls.Paths(f.name)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	password, err := cliutil.ReadPassword(f.passwordFile)
 	if err != nil {
+		return nil, nil, err
+	}
+	c.Options = device.Options{Name: f.name, Password: password, TLSFiles: paths, REST: f.rest, Logger: log}
+	if !readOnly(sub) {
+		c.FlushTimeout = f.flushTimeout
+		if f.queue == "" {
+			f.queue = filepath.Join("iotkv-queue", f.name)
+		}
+		c.Options.Edge, c.Options.QueueDir = f.edge, f.queue
+		f.deviceOptions(&c.Options)
+	}
+	return c, fs, nil
+}
+
+func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) error {
+	c, _, err := parseDevice(sub, args, stdout)
+	if err != nil {
 		return err
 	}
+	o, pos, log := c.Options, c.Args, c.Options.Logger
 	ctx, stop := cliutil.SignalContext()
 	defer stop()
-	if sub == "get" || sub == "history" {
-		tc, err := certs.ClientConfig(paths)
+	if readOnly(sub) {
+		tc, err := certs.ClientConfig(o.TLSFiles)
 		if err != nil {
 			return err
 		}
-		r := device.NewReader(f.rest, f.name, password, tc)
+		log.Debug("reading over REST", "rest", o.REST, "name", o.Name, "key", pos[0], "since", c.Since)
+		r := device.NewReader(o.REST, o.Name, o.Password, tc)
 		defer r.CloseIdleConnections()
 		if sub == "history" {
-			return printHistory(ctx, r, pos[0], since, stdout)
+			return printHistory(ctx, r, pos[0], c.Since, stdout)
 		}
 		rec, err := r.Get(ctx, pos[0])
 		if err != nil {
@@ -151,23 +199,19 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 		fmt.Fprintln(stdout, display(rec.Value))
 		return nil
 	}
-	if f.queue == "" {
-		f.queue = filepath.Join("iotkv-queue", f.name)
-	}
-	o := device.Options{Name: f.name, Password: password, TLSFiles: paths, Edge: f.edge, REST: f.rest, QueueDir: f.queue, Logger: log}
-	f.deviceOptions(&o)
-	c, err := device.Open(o)
+	cl, err := device.Open(o)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer cl.Close()
 	switch sub {
 	case "put":
 		op := iotkv.Op{Op: iotkv.OpPut, Key: pos[0], Value: ParseValue(pos[1])}
-		if *ttl != 0 {
-			op.TTL = ttl
+		if c.TTL != 0 {
+			ttl := c.TTL
+			op.TTL = &ttl
 		}
-		wait, err := c.Enqueue(ctx, op)
+		wait, err := cl.Enqueue(ctx, op)
 		if err == nil {
 			err = wait()
 		}
@@ -175,13 +219,13 @@ func runDevice(sub string, args []string, stdin io.Reader, stdout io.Writer) err
 			return err
 		}
 	case "del":
-		if err := c.Delete(ctx, pos[0]); err != nil {
+		if err := cl.Delete(ctx, pos[0]); err != nil {
 			return err
 		}
 	case "shell":
-		return shell(ctx, c, f.flushTimeout, stdin, stdout, log)
+		return shell(ctx, cl, c.FlushTimeout, stdin, stdout, log)
 	}
-	return flushAll(ctx, c, f.flushTimeout)
+	return flushAll(ctx, cl, c.FlushTimeout)
 }
 
 // printHistory prints one op a line: the edge's commit time (UTC), the

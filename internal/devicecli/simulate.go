@@ -7,11 +7,21 @@ import (
 	"os"
 	"time"
 
+	"github.com/iotkv/iotkv/device"
 	"github.com/iotkv/iotkv/device/sim"
 	"github.com/iotkv/iotkv/internal/cliutil"
 )
 
-func runSimulate(args []string, stdout, stderr io.Writer) error {
+// simulateConfig is what simulate's flags make: sim.Options but for
+// Device (a function: it sets Device's queue and batching fields on every
+// sensor's options) and Progress (set when standard error is a terminal).
+type simulateConfig struct {
+	Sim    sim.Options
+	Device device.Options
+}
+
+// parseSimulate reads simulate's flags, and returns the flag set it used.
+func parseSimulate(args []string, stdout io.Writer) (*simulateConfig, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("device simulate", flag.ContinueOnError)
 	var f flags
 	f.register(fs)
@@ -22,44 +32,66 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	prefix := fs.String("prefix", "sim-", "sensor names are PREFIX0001, PREFIX0002, ...")
 	acc := fs.String("accounts", "", "accounts file: with --certs holding ca.key, missing identities are created")
 	keys := fs.Int("keys", 0, "distinct keys per sensor (0: every op writes a new key)")
-	pos, err := cliutil.ParseConfig(fs, args, stdout)
+	pos, given, err := cliutil.ParseConfigCommandLine(fs, args, stdout)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if len(pos) > 0 {
-		return cliutil.Usagef("device simulate: unexpected argument %q", pos[0])
+		return nil, nil, cliutil.Usagef("device simulate: unexpected argument %q", pos[0])
 	}
 	// Every sensor has its own identity: PREFIXNNNN, its files in --certs.
-	if err := cliutil.Refuse(fs, "not used by simulate: every sensor has its own name (--prefix) and files in --certs", "name", "ca", "cert", "key"); err != nil {
-		return err
+	// A device configuration file shared with put and get may name one
+	// device: only the command line is refused.
+	if err := cliutil.RefuseGiven(fs, given, "not used by simulate: every sensor has its own name (--prefix) and files in --certs", "name", "ca", "cert", "key"); err != nil {
+		return nil, nil, err
+	}
+	if !*verify {
+		if err := cliutil.RefuseGiven(fs, given, "only with --verify (simulate reads nothing back without it)", "rest"); err != nil {
+			return nil, nil, err
+		}
 	}
 	if f.tls.Dir == "" {
-		return cliutil.Usagef("device simulate: --certs D is required")
+		return nil, nil, cliutil.Usagef("device simulate: --certs D is required")
 	}
 	if *devices < 1 || *rate <= 0 || *duration <= 0 {
-		return cliutil.Usagef("device simulate: --devices, --rate and --duration must be positive")
+		return nil, nil, cliutil.Usagef("device simulate: --devices, --rate and --duration must be positive")
 	}
 	log, err := f.log.Logger()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	password := ""
 	if f.passwordFile != "" || os.Getenv("IOTKV_PASSWORD") != "" {
 		if password, err = cliutil.ReadPassword(f.passwordFile); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	if f.queue == "" {
 		f.queue = "iotkv-queue"
 	}
-	ctx, stop := cliutil.SignalContext()
-	defer stop()
-	opts := sim.Options{
+	c := &simulateConfig{Sim: sim.Options{
 		Devices: *devices, Rate: *rate, Duration: *duration, Prefix: *prefix,
 		CertsDir: f.tls.Dir, AccountsFile: *acc, Password: password,
-		Edge: f.edge, REST: f.rest, QueueDir: f.queue, Keys: *keys, Verify: *verify,
+		Edge: f.edge, QueueDir: f.queue, Keys: *keys, Verify: *verify,
 		FlushTimeout: f.flushTimeout, Logger: log,
-		Device: f.deviceOptions,
+	}}
+	if *verify {
+		c.Sim.REST = f.rest
+	}
+	f.deviceOptions(&c.Device)
+	return c, fs, nil
+}
+
+func runSimulate(args []string, stdout, stderr io.Writer) error {
+	c, _, err := parseSimulate(args, stdout)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cliutil.SignalContext()
+	defer stop()
+	opts := c.Sim
+	opts.Device = func(o *device.Options) {
+		o.QueueMaxBytes, o.Linger, o.Window = c.Device.QueueMaxBytes, c.Device.Linger, c.Device.Window
 	}
 	tty := isTerminal(stderr)
 	if tty {
@@ -78,14 +110,14 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "simulate: devices=%d written=%d acked=%d rejected=%d failed=%d elapsed=%v ops/s=%.0f\n",
 		res.Devices, res.Written, res.Acked, res.Rejected, res.Failed, res.Elapsed.Round(time.Millisecond),
 		float64(res.Written)/res.Elapsed.Seconds())
-	if *verify {
+	if opts.Verify {
 		fmt.Fprintln(stdout, res.VerifyLine())
 		if res.Lost+res.Mismatched > 0 {
 			return fmt.Errorf("simulate: %d keys lost and %d mismatched", res.Lost, res.Mismatched)
 		}
 	}
 	if res.Acked < res.Written {
-		return fmt.Errorf("simulate: %d of %d ops not acknowledged within %v", res.Written-res.Acked, res.Written, f.flushTimeout)
+		return fmt.Errorf("simulate: %d of %d ops not acknowledged within %v", res.Written-res.Acked, res.Written, opts.FlushTimeout)
 	}
 	return nil
 }
