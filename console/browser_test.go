@@ -130,6 +130,13 @@ func TestConsoleInABrowser(t *testing.T) {
 		waitText(`#edges tr[data-edge="e1"] .lag`, "0"), waitText(`#edges tr[data-edge="e1"] .dot`, "connected"))
 	b.shot(shots, "master-edges")
 	b.run("open the finder", chromedp.Click(chromedp.CSS(`#nav a[data-page="find"]`)), chromedp.WaitVisible(chromedp.CSS(`#find-prefix`)))
+	// The master's own device directory answers: d1 is on e1.
+	b.run("find d1", chromedp.SendKeys(`#find-prefix`, "d"), chromedp.Click(`#find-prefix + button`),
+		waitText(`#found tr[data-device="d1"] td.edge`, "e1"))
+	b.run("a prefix nobody has", chromedp.SetValue(`#find-prefix`, "zz"), chromedp.Click(`#find-prefix + button`),
+		waitText(`#find-body p.muted`, "No device starting with zz."))
+	b.run("back to d", chromedp.SetValue(`#find-prefix`, "d"), chromedp.Click(`#find-prefix + button`),
+		chromedp.WaitVisible(chromedp.CSS(`#found tr[data-device="d1"]`)))
 	b.shot(shots, "master-find")
 
 	// Log out: the credentials leave the tab.

@@ -51,8 +51,8 @@
         const q = new URLSearchParams({ prefix, limit: "100" });
         const res = await api("/v1/fleet/devices?" + q);
         body.replaceChildren(res.items.length
-          ? table("found", ["Device", "Edge", "Last seq", "Last write"], res.items.map((d) => el("tr", {},
-            td("Device", d.device), td("Edge", el("strong", { text: d.edge })), td("Last seq", num(d.last_seq), { class: "num" }),
+          ? table("found", ["Device", "Edge", "Last seq", "Last write"], res.items.map((d) => el("tr", { "data-device": d.device },
+            td("Device", d.device), td("Edge", el("strong", { text: d.edge }), { class: "edge" }), td("Last seq", num(d.last_seq), { class: "num" }),
             td("Last write", ago(d.last_write)))))
           : el("p", { class: "muted", text: "No device" + (prefix ? " starting with " + prefix : "") + "." }),
           res.next ? el("p", { class: "muted", text: "More devices match; narrow the prefix." }) : null);
