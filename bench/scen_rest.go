@@ -8,99 +8,131 @@ import (
 	"time"
 )
 
-// scenREST is scenario 3.
+// scenREST is scenario 3: the plain net/http baseline and two edges
+// (credential cache on and off) run at once and are loaded in turn, round
+// after round, as compareMQTT does with brokers.
 func (r *Runner) scenREST(ctx context.Context, sec *Section) error {
-	d := r.dur(2*time.Second, 10*time.Second)
+	type target struct {
+		name, short string
+		s           *Server
+		url         string
+		d           time.Duration
+		rounds      []WrkResult
+	}
 	plain, err := r.StartPlainHTTPS(ctx)
 	if err != nil {
 		return err
 	}
-	cpu0, _ := CPUTime(plain.Proc.Pid())
-	base, err := Wrk(ctx, "https://"+plain.HTTPS+"/v1/kv/dev-00001/temp", ReaderName, 64, d)
-	if cpu1, cerr := CPUTime(plain.Proc.Pid()); cerr == nil && base.ReqPerS > 0 {
-		base.CPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / (base.ReqPerS * d.Seconds())
-	}
-	plain.Stop()
-	if err != nil {
-		return err
-	}
-	r.Log.Info("measured", "system", "plain net/http", "req/s", int(base.ReqPerS))
-	measure := func(cache int, d time.Duration, profile string) (WrkResult, error) {
+	defer plain.Stop()
+	startEdge := func(cache int) (*Server, string, error) {
 		e, err := r.StartEdge(ctx, "", cache)
 		if err != nil {
-			return WrkResult{}, err
+			return nil, "", err
 		}
-		defer e.Stop()
 		c, err := r.HTTPClient(1)
 		if err != nil {
-			return WrkResult{}, err
+			return e, "", err
 		}
 		url := "https://" + e.HTTPS + "/v1/kv/dev-00001/temp"
 		if err := Put(ctx, c, url, WriterName, `{"t":21.5,"h":40.25}`); err != nil {
-			return WrkResult{}, err
+			return e, "", err
 		}
-		// A server that has run a while has the reader's credentials cached;
-		// the cold start (every connection's first request) is measured
-		// apart below.
+		// A server that has run a while has the reader's credentials
+		// cached; the cold start (every connection's first request) is
+		// measured apart below.
 		if _, err := GetJSON(ctx, c, url, ReaderName, nil); err != nil {
-			return WrkResult{}, err
+			return e, "", err
 		}
-		var wait func()
-		if profile != "" {
-			wait = r.profileDuring(ctx, sec, profile, e, 500*time.Millisecond)
-			d = max(d, r.dur(4*time.Second, 9*time.Second))
-		}
-		cpu0, _ := CPUTime(e.Proc.Pid())
-		res, err := Wrk(ctx, url, ReaderName, 64, d)
-		if cpu1, cerr := CPUTime(e.Proc.Pid()); cerr == nil && res.ReqPerS > 0 {
+		return e, url, nil
+	}
+	cachedEdge, cachedURL, err := startEdge(0)
+	if cachedEdge != nil {
+		defer cachedEdge.Stop()
+	}
+	if err != nil {
+		return err
+	}
+	uncachedEdge, uncachedURL, err := startEdge(-1)
+	if uncachedEdge != nil {
+		defer uncachedEdge.Stop()
+	}
+	if err != nil {
+		return err
+	}
+	d := r.dur(2*time.Second, 10*time.Second)
+	targets := []*target{
+		{name: "plain net/http TLS, constant answer", short: "net/http", s: plain, url: "https://" + plain.HTTPS + "/v1/kv/dev-00001/temp", d: d},
+		{name: "iotkv edge GET /v1/kv (credential cache on)", short: "edge", s: cachedEdge, url: cachedURL, d: d},
+		{name: "iotkv edge, cache disabled (bcrypt cost 12 per request)", short: "edge, no cache", s: uncachedEdge, url: uncachedURL, d: r.dur(3*time.Second, 10*time.Second)},
+	}
+	wrk := func(t *target, d time.Duration) (WrkResult, error) {
+		cpu0, _ := CPUTime(t.s.Proc.Pid())
+		res, err := Wrk(ctx, t.url, ReaderName, 64, d)
+		if cpu1, cerr := CPUTime(t.s.Proc.Pid()); cerr == nil && res.ReqPerS > 0 {
 			res.CPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / (res.ReqPerS * d.Seconds())
 		}
-		if wait != nil {
-			wait()
-		}
-		r.Log.Info("measured", "system", "edge", "auth-cache", cache, "req/s", int(res.ReqPerS), "non2xx", res.Non2xx)
 		return res, err
 	}
-	var coldStart time.Duration
+	if _, err := inRounds(r.rounds(), func(round int) (struct{}, error) {
+		for _, t := range targets {
+			res, err := wrk(t, t.d)
+			if err != nil {
+				return struct{}{}, fmt.Errorf("%s: %w", t.name, err)
+			}
+			r.Log.Info("measured", "system", t.short, "round", round+1, "req/s", int(res.ReqPerS), "non2xx", res.Non2xx)
+			t.rounds = append(t.rounds, res)
+		}
+		return struct{}{}, nil
+	}); err != nil {
+		return err
+	}
+	med := make([]WrkResult, len(targets))
+	reqs := make([][]float64, len(targets))
+	for i, t := range targets {
+		med[i], reqs[i] = medianRound(t.rounds, func(w WrkResult) float64 { return w.ReqPerS })
+	}
+	base, cached, uncached := med[0], med[1], med[2]
+	var coldStarts []float64
 	if !r.Quick {
-		if coldStart, err = r.coldREST(ctx); err != nil {
+		if coldStarts, err = inRounds(r.rounds(), func(int) (float64, error) {
+			d, err := r.coldREST(ctx)
+			return d.Seconds(), err
+		}); err != nil {
 			return err
 		}
 	}
-	cached, err := measure(0, d, "")
-	if err != nil {
-		return err
-	}
-	uncached, err := measure(-1, r.dur(3*time.Second, 10*time.Second), "")
-	if err != nil {
-		return err
-	}
 	sec.Row("server", "req/s", "p99", "non-2xx", "server CPU per request", "÷ plain net/http")
-	for _, row := range []struct {
-		name string
-		v    WrkResult
-	}{{"plain net/http TLS, constant answer", base}, {"iotkv edge GET /v1/kv (credential cache on)", cached}, {"iotkv edge, cache disabled (bcrypt cost 12 per request)", uncached}} {
-		sec.Row(row.name, fmtRate(row.v.ReqPerS), fmt.Sprintf("%.1f ms", row.v.P99ms), fmt.Sprint(row.v.Non2xx), fmt.Sprintf("%.0f µs", row.v.CPUus), fmt.Sprintf("%.3f×", ratio(row.v.ReqPerS, base.ReqPerS)))
+	for i, t := range targets {
+		v := med[i]
+		sec.Row(t.name, fmtRate(v.ReqPerS), fmt.Sprintf("%.1f ms", v.P99ms), fmt.Sprint(v.Non2xx), fmt.Sprintf("%.0f µs", v.CPUus), fmt.Sprintf("%.3f×", ratio(v.ReqPerS, base.ReqPerS)))
 	}
-	sec.Note("wrk -t2 -c64 over HTTPS with Basic auth of a reader account hashed at bcrypt cost 12, the same key every request; the edge's REST client certificates are optional and wrk sends none.")
+	sec.Note("wrk -t2 -c64 over HTTPS with Basic auth of a reader account hashed at bcrypt cost 12, the same key every request; the edge's REST client certificates are optional and wrk sends none. The three servers run at once and are loaded in turn, round after round (%d round(s) of %s, %s without the cache); each row is the median round by req/s.", r.rounds(), d, targets[2].d)
+	sec.Rounds = r.rounds()
+	for i, t := range targets {
+		sec.Note("%s", roundsNote(t.name, "req/s", reqs[i], perS(1)))
+	}
 	x := ratio(cached.ReqPerS, base.ReqPerS)
 	sec.Check("REST GET ≥ 0.8× plain net/http", x, x >= 0.8, "%.2f× (%s vs %s req/s)", x, fmtRate(cached.ReqPerS), fmtRate(base.ReqPerS))
 	sec.Note("Without the cache every request pays a cost-12 bcrypt check: %s req/s (%.4f× the baseline), p99 %.0f ms.", fmtRate(uncached.ReqPerS), ratio(uncached.ReqPerS, base.ReqPerS), uncached.P99ms)
-	if coldStart > 0 {
-		sec.Note("Cold start, cache on: 64 connections sending their first request at once with the same (not yet cached) credentials took %.2f s until all were answered; one cost-12 bcrypt check takes %.0f ms here (%d cores), and concurrent first requests with one credential share one check (singleflight in accounts).", coldStart.Seconds(), float64(bcryptCheck(readerCost))/float64(time.Millisecond), cores())
+	if len(coldStarts) > 0 {
+		sec.Note("Cold start, cache on: 64 connections sending their first request at once with the same (not yet cached) credentials took %s until all were answered (median (min–max) of %d fresh edges); one cost-12 bcrypt check takes %.0f ms here (%d cores), and concurrent first requests with one credential share one check (singleflight in accounts).", spread(coldStarts, seconds), len(coldStarts), float64(bcryptCheck(readerCost))/float64(time.Millisecond), cores())
+		med, _ := medianRound(coldStarts, func(v float64) float64 { return v })
+		sec.Raw["cold_start_64_seconds"], sec.Raw["cold_start_64_seconds_rounds"] = med, coldStarts
 	}
-	sec.Raw["cold_start_64_seconds"] = coldStart.Seconds()
 	if x < 0.8 && !r.Quick {
-		if _, err := measure(0, d, "rest"); err != nil {
+		wait := r.profileDuring(ctx, sec, "rest", cachedEdge, 500*time.Millisecond)
+		if _, err := wrk(targets[1], max(d, r.dur(4*time.Second, 9*time.Second))); err != nil {
 			sec.Note("profiling run failed: %v", err)
 		}
+		wait()
 	}
-	for _, w := range []WrkResult{base, cached, uncached} {
+	for _, w := range med {
 		if w.Errors != "" {
 			sec.Note("wrk: %s", w.Errors)
 		}
 	}
 	sec.Raw["plain"], sec.Raw["edge_cached"], sec.Raw["edge_uncached"] = base, cached, uncached
+	sec.Raw["rounds_req_per_s"] = map[string][]float64{"plain": reqs[0], "edge_cached": reqs[1], "edge_uncached": reqs[2]}
 	r.Bars(sec, "rest.png", "REST GET req/s, 64 connections", "req/s", []string{"net/http", "edge", "edge, no cache"}, []float64{base.ReqPerS, cached.ReqPerS, uncached.ReqPerS})
 	return nil
 }
