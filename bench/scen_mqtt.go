@@ -279,13 +279,21 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 
 // appliedSeqs sums last_seq over the devices the edge has seen.
 func (r *Runner) appliedSeqs(ctx context.Context, s *Server) (int64, error) {
+	return r.appliedSeqsOf(ctx, s, nil)
+}
+
+// appliedSeqsOf sums last_seq over devs (every device when nil) in the
+// edge's /v1/devices: the batches it applied for them, as each device's
+// seqs run 1, 2, 3, ...
+func (r *Runner) appliedSeqsOf(ctx context.Context, s *Server, devs []string) (int64, error) {
 	c, err := r.HTTPClient(1)
 	if err != nil {
 		return 0, err
 	}
 	var out struct {
 		Devices []struct {
-			LastSeq int64 `json:"last_seq"`
+			Device  string `json:"device"`
+			LastSeq int64  `json:"last_seq"`
 		} `json:"devices"`
 	}
 	if _, err := GetJSON(ctx, c, "https://"+s.HTTPS+"/v1/devices", AdminName, &out); err != nil {
@@ -293,7 +301,9 @@ func (r *Runner) appliedSeqs(ctx context.Context, s *Server) (int64, error) {
 	}
 	var n int64
 	for _, d := range out.Devices {
-		n += d.LastSeq
+		if devs == nil || contains(devs, d.Device) {
+			n += d.LastSeq
+		}
 	}
 	return n, nil
 }
