@@ -147,8 +147,8 @@ func (r *Runner) scenS3(ctx context.Context, sec *Section) error {
 	sec.Note("%s", roundsNote("local --data", "lag p99", localP99s, ms))
 	sec.Note("%s", roundsNote("S3", "lag p99", remoteP99s, ms))
 	sec.Note("%s", roundsNote("S3", "PUTs per second per edge", putRounds, func(v float64) string { return fmt.Sprintf("%.2f", v) }))
-	sec.Note("%s", checkNote(localChecks, "batches (local --data)", "the sum of last_seq over the devices in the edge's /v1/devices"))
-	sec.Note("%s", checkNote(remoteChecks, "batches (S3)", "the sum of last_seq over the devices in the edge's /v1/devices"))
+	sec.Note("%s", checkNote(localChecks, "batches (local --data)", "the sum of last_seq over the 50 loading devices in the edge's /v1/devices"))
+	sec.Note("%s", checkNote(remoteChecks, "batches (S3)", "the sum of last_seq over the 50 loading devices in the edge's /v1/devices"))
 	sec.Check("backup lag p99 with the S3 store at the default flush (1s, 1MiB) ≤ 2 s", remote.LagP99, remote.LagP99 <= 2,
 		"%s (%.1f× the local --data store's %s)", ms(remote.LagP99), lagRatio, ms(local.LagP99))
 	sec.Check("S3 PUTs per second per edge in steady state ≤ 1.1", puts, puts <= 1.1,
