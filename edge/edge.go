@@ -136,6 +136,7 @@ type Edge struct {
 	accounts *accounts.Store
 	store    *Store
 	c        *committer
+	ingest   *ingest
 	broker   *broker.Broker
 	tls      *live.Certs
 	http     *rest.Server
@@ -203,10 +204,11 @@ func Open(opts Options) (_ *Edge, err error) {
 		return nil, err
 	}
 	throttle := accounts.NewThrottle()
+	e.ingest = newIngest(e.c, opts.Limits)
 	e.broker, err = broker.New(broker.Options{
 		Addr: opts.MQTTAddr, TLS: e.tls.ServerConfig(tls.RequireAndVerifyClientCert), PeerCheck: e.tls.CheckPeer,
 		Accounts: e.accounts, Throttle: throttle,
-		Ingest: &ingest{c: e.c, limits: opts.Limits}, Metrics: reg,
+		Ingest: e.ingest, Metrics: reg,
 		MaxPacketSize: opts.MaxPacketSize, ConnectTimeout: opts.ConnectTimeout,
 		MaxClients: opts.MaxClients, MaxKeepalive: opts.MaxKeepalive, Logger: e.log,
 	})
@@ -376,6 +378,9 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.c != nil {
 			e.c.close()
+		}
+		if e.ingest != nil {
+			e.ingest.close() // its held refusals answer through the broker
 		}
 		if e.backupStarted {
 			e.backup.close() // before the broker it publishes through
