@@ -115,7 +115,9 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q Q
 		}
 	}
 	// Everything on disk at start is durable: reads see it from here on.
-	store.view.publish(store.db.NewSnapshot())
+	if !store.readsBeforeSync {
+		store.view.publish(store.db.NewSnapshot())
+	}
 	if c.cseq, err = store.lastChangeSeq(); err != nil {
 		return nil, err
 	}
@@ -318,7 +320,9 @@ func (c *committer) apply(reqs []*writeReq) *group {
 		return g
 	}
 	g.batch = batch
-	g.snap = c.store.db.NewSnapshot() // before the next group is applied
+	if !c.store.readsBeforeSync {
+		g.snap = c.store.db.NewSnapshot() // before the next group is applied
+	}
 	c.cseq = cseq
 	for d, s := range g.pending {
 		c.devs[d] = s
@@ -388,9 +392,11 @@ func (c *committer) syncLoop() {
 			} else if c.failed.Load() {
 				g.err = errFailed // an earlier group failed: this one's seq state is suspect
 			}
-			if g.err == nil {
+			switch {
+			case g.snap == nil: // reads before sync
+			case g.err == nil:
 				c.store.view.publish(g.snap) // before any PUBACK: a reader after it sees the write
-			} else {
+			default:
 				_ = g.snap.Close() // never readable
 			}
 		}

@@ -76,8 +76,11 @@ type Options struct {
 	// MemTableSize is the store's memtable size in bytes; default
 	// DefaultMemTableSize (32 MiB).
 	MemTableSize uint64
-	Logger       *slog.Logger
-	Registry     *prometheus.Registry // default a new one with Go and process collectors
+	// ReadsBeforeSync lets reads see a group before its fsync: only for
+	// measuring what durable reads cost (StoreOptions.ReadsBeforeSync).
+	ReadsBeforeSync bool
+	Logger          *slog.Logger
+	Registry        *prometheus.Registry // default a new one with Go and process collectors
 }
 
 func (o *Options) validate() error {
@@ -173,7 +176,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize, NoHistory: opts.History.Off})
+	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize, NoHistory: opts.History.Off, ReadsBeforeSync: opts.ReadsBeforeSync})
 	if err != nil {
 		return nil, err
 	}
