@@ -33,7 +33,10 @@ type writeReq struct {
 	// expire, set by the sweeper, makes ops deletes of expired keys:
 	// expire[i] is the expiry the index holds for ops[i] (expiry.go).
 	expire []int64
-	done   func(commitResult)
+	// prior lists seqs of this device that ingest refused at once (over
+	// its rate) and no status/ack lists yet: recorded before the write.
+	prior []iotkv.Refusal
+	done  func(commitResult)
 }
 
 type commitResult struct {
@@ -63,6 +66,7 @@ type committer struct {
 	now      func() time.Time
 	metrics  *commitMetrics
 	quotas   *quotas
+	rate     *rateLimiter // shared with ingest and REST, which check it
 
 	mu     sync.RWMutex // guards closed against Submit; held shared while sending
 	closed bool
@@ -81,6 +85,7 @@ type committer struct {
 func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q QuotaOptions, onCommit func(committed)) (*committer, error) {
 	c := &committer{
 		quotas:   newQuotas(q),
+		rate:     newRateLimiter(q.withDefaults().RateOps),
 		store:    store,
 		log:      log,
 		maxGroup: 1024,
@@ -110,7 +115,9 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q Q
 		}
 	}
 	// Everything on disk at start is durable: reads see it from here on.
-	store.view.publish(store.db.NewSnapshot())
+	if !store.readsBeforeSync {
+		store.view.publish(store.db.NewSnapshot())
+	}
 	if c.cseq, err = store.lastChangeSeq(); err != nil {
 		return nil, err
 	}
@@ -222,6 +229,18 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			_ = batch.Set(deviceKey(r.device), st.meta(), nil)
 			continue
 		}
+		if len(r.prior) > 0 {
+			refused := st.refused
+			for _, p := range r.prior {
+				if p.Seq > last {
+					st.refused = withRefusal(st.refused, p.Seq, p.Code)
+				}
+			}
+			if !slices.Equal(refused, st.refused) {
+				g.pending[r.device] = st
+				_ = batch.Set(deviceKey(r.device), st.meta(), nil)
+			}
+		}
 		if r.refused == nil && !(r.seq > 0 && r.seq <= last) {
 			r.refused = c.admit(g, r, st, cseq, nowMs)
 		}
@@ -301,7 +320,9 @@ func (c *committer) apply(reqs []*writeReq) *group {
 		return g
 	}
 	g.batch = batch
-	g.snap = c.store.db.NewSnapshot() // before the next group is applied
+	if !c.store.readsBeforeSync {
+		g.snap = c.store.db.NewSnapshot() // before the next group is applied
+	}
 	c.cseq = cseq
 	for d, s := range g.pending {
 		c.devs[d] = s
@@ -371,9 +392,11 @@ func (c *committer) syncLoop() {
 			} else if c.failed.Load() {
 				g.err = errFailed // an earlier group failed: this one's seq state is suspect
 			}
-			if g.err == nil {
+			switch {
+			case g.snap == nil: // reads before sync
+			case g.err == nil:
 				c.store.view.publish(g.snap) // before any PUBACK: a reader after it sees the write
-			} else {
+			default:
 				_ = g.snap.Close() // never readable
 			}
 		}

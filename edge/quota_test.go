@@ -210,6 +210,11 @@ func TestRateLimitRefusesTheFastDeviceOnly(t *testing.T) {
 	if rc := rigPublish5(t, c5, iotkv.BatchTopic(dev), rigBatch(t, ten)); rc != 0x97 {
 		t.Fatalf("over the rate: PUBACK 0x%02x, want 0x97", rc)
 	}
+	// The bucket is now in debt: the next batch is refused unread (this
+	// one would be invalid_json, 0x99, if it were decoded).
+	if rc := rigPublish5(t, c5, iotkv.BatchTopic(dev), []byte(`{"seq":3,"ops":[{"op":`)); rc != 0x97 {
+		t.Fatalf("in debt: PUBACK 0x%02x, want 0x97 without reading the batch", rc)
+	}
 	// REST: of 12 single puts at most 1 per elapsed second passes.
 	limited := 0
 	for i := range 12 {
@@ -229,8 +234,8 @@ func TestRateLimitRefusesTheFastDeviceOnly(t *testing.T) {
 	if rc := rigPublish5(t, o5, iotkv.BatchTopic(other), rigBatch(t, puts(1, "a0", "a1", "a2", "a3", "a4"))); rc != 0 {
 		t.Fatalf("the other device: PUBACK 0x%02x", rc)
 	}
-	if n := r.metric(t, "iotkv_writes_refused_total", `code="rate_limited"`); n != float64(1+limited) {
-		t.Errorf("iotkv_writes_refused_total{code=rate_limited} = %v, want %d", n, 1+limited)
+	if n := r.metric(t, "iotkv_writes_refused_total", `code="rate_limited"`); n != float64(2+limited) {
+		t.Errorf("iotkv_writes_refused_total{code=rate_limited} = %v, want %d", n, 2+limited)
 	}
 	checkUsage(t, r)
 }
