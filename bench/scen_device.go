@@ -179,7 +179,7 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 	reps := r.rounds()
 	sec.Rounds = reps
 	walls := map[string][]float64{} // every run's wall time, per workload
-	var firstWall []float64 // the first run of each workload: the edge's credential cache is cold
+	var firstWall []float64         // the first run of each workload: the edge's credential cache is cold
 	run := func(name, input string) (timed, error) {
 		var ts []timed
 		for i := 0; i < reps; i++ {
