@@ -145,9 +145,11 @@ func TestQuotaRefusesKeysAndBytes(t *testing.T) {
 		t.Fatalf("k0 after the refused batch: %d %s", code, rec.Value)
 	}
 	// REST: 403 quota_exceeded.
-	if resp, body := r.do(t, dev, pw, http.MethodPut, "/v1/kv/"+dev+"/k7", `1`); resp.StatusCode != http.StatusForbidden || errorCode(body) != iotkv.CodeQuotaExceeded {
+	resp, body := r.do(t, dev, pw, http.MethodPut, "/v1/kv/"+dev+"/k7", `1`)
+	if resp.StatusCode != http.StatusForbidden || errorCode(body) != iotkv.CodeQuotaExceeded {
 		t.Fatalf("REST put over the key quota: %d %s", resp.StatusCode, body)
 	}
+	documented(t, r, http.MethodPut, "/v1/kv/{device}/{key}", resp.StatusCode, body)
 	// An overwrite that adds nothing passes; deletes pass.
 	if rc := rigPublish5(t, c5, iotkv.BatchTopic(dev), rigBatch(t, puts(4, "k1"))); rc != 0 {
 		t.Fatalf("v5 overwrite at the quota: PUBACK 0x%02x", rc)
@@ -221,6 +223,9 @@ func TestRateLimitRefusesTheFastDeviceOnly(t *testing.T) {
 		resp, body := r.do(t, dev, r.password(dev), http.MethodPut, fmt.Sprintf("/v1/kv/%s/r%d", dev, i), "1")
 		switch {
 		case resp.StatusCode == http.StatusTooManyRequests && errorCode(body) == iotkv.CodeRateLimited:
+			if limited == 0 {
+				documented(t, r, http.MethodPut, "/v1/kv/{device}/{key}", resp.StatusCode, body)
+			}
 			limited++
 		case resp.StatusCode != http.StatusOK:
 			t.Fatalf("REST put %d: %d %s", i, resp.StatusCode, body)
