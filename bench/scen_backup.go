@@ -352,6 +352,7 @@ func (r *Runner) scenBackup(ctx context.Context, sec *Section) error {
 	sec.Note("Lag from the master's own histogram iotkv_master_backup_lag_seconds (edge clock at commit → master journal, same machine), difference of two scrapes around each round's load; quantiles interpolated inside its power-of-two buckets. Snapshot interval 2 s. %d round(s) of the load, every device's seq continuing from round to round; the lag row is the median round by p99. The restore is repeated %d time(s), each into a fresh edge; its row is the median.", r.rounds(), r.rounds())
 	sec.Rounds = r.rounds()
 	sec.Note("%s", roundsNote("backup lag", "p99", p99s, func(v float64) string { return fmt.Sprintf("%.0f ms", v*1000) }))
+	sec.SetSpread("lag p99", p99s, func(v float64) string { return fmt.Sprintf("%.0f ms", v*1000) })
 	sec.Note("%s", roundsNote("restore", "time", restoreRounds, seconds))
 	sec.Note("%s", roundsNote("backup lag with --max-backup-lag "+heldLag.String(), "p99", hp99s, func(v float64) string { return fmt.Sprintf("%.0f ms", v*1000) }))
 	var lagChecks []AppliedCheck

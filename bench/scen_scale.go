@@ -209,6 +209,9 @@ func (r *Runner) scenScale(ctx context.Context, sec *Section) error {
 		sec.Note("%s", roundsNote(fmt.Sprintf("%d keys", p.Keys), "GET req/s", p.RoundsReqPerS, perS(1)))
 		checks = append(checks, fmt.Sprintf("to %d keys: %d acked = %d applied", p.Keys, p.Check.Acked, p.Check.Applied))
 	}
+	if last := points[len(points)-1]; len(last.RoundsP99ms) > 0 {
+		sec.SetSpread(fmt.Sprintf("GET p99 at %d keys", last.Keys), last.RoundsP99ms, millis)
+	}
 	sec.Note("Applied-count check of every fill (passed; the scenario fails otherwise): the edge's iotkv_ops_applied_total moved by the acked batches × %d ops, each device's seqs continuing from fill to fill: %s.", opsPerBatch, strings.Join(checks, "; "))
 	if r.Quick {
 		sec.Note("The quick run stops at 100,000 keys; the full run (make bench) stores 1M and 5M.")

@@ -277,6 +277,7 @@ func (r *Runner) scenStorm(ctx context.Context, sec *Section) error {
 	}
 	sec.Raw["results"], sec.Raw["bcrypt_check_ms"], sec.Raw["devices"] = results, float64(check)/float64(time.Millisecond), n
 	sec.Raw["rounds_seconds"] = secsRounds
+	sec.SetSpread("edge first storm", secsRounds[stormEdgeFirst], func(v float64) string { return fmt.Sprintf("%.1f s", v) })
 	var lines []XY
 	for _, res := range results {
 		l := XY{Name: res.Phase}
