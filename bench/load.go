@@ -162,6 +162,8 @@ type LoadResult struct {
 	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
 	// Rounds are the msgs/s of every round; the result is the median one.
 	Rounds []float64 `json:"rounds_msgs_per_s,omitempty"`
+	// RoundsP99 are the PUBACK p99 (ms) of every round, in round order.
+	RoundsP99 []float64 `json:"rounds_p99_ms,omitempty"`
 	// Checks are every round's applied-count check, in round order.
 	Checks []AppliedCheck `json:"applied_checks,omitempty"`
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -129,12 +128,6 @@ func tail(b []byte) string {
 	return string(b)
 }
 
-// median returns the run with the median wall time.
-func median(ts []timed) timed {
-	sort.Slice(ts, func(i, j int) bool { return ts[i].Wall < ts[j].Wall })
-	return ts[len(ts)/2]
-}
-
 // scenDevice is scenario 4.
 func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 	if _, err := os.Stat(filepath.Join(r.Repo, "cmd", "iotkv-device")); err != nil {
@@ -183,10 +176,11 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 	}
 	writes.WriteString("q\n")
 	menu.WriteString("q\n")
-	reps := r.pick(1, 3)
+	reps := r.rounds()
 	sec.Rounds = reps
-	var firstWall []float64 // the first run of each workload: the edge's credential cache is cold
-	run := func(input string) (timed, error) {
+	walls := map[string][]float64{} // every run's wall time, per workload
+	var firstWall []float64         // the first run of each workload: the edge's credential cache is cold
+	run := func(name, input string) (timed, error) {
 		var ts []timed
 		for i := 0; i < reps; i++ {
 			mp.Reset()
@@ -206,13 +200,15 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 			}
 			ts = append(ts, t)
 		}
-		return median(ts), nil
+		med, ws := medianRound(ts, func(t timed) float64 { return t.Wall })
+		walls[name] = ws
+		return med, nil
 	}
-	w, err := run(writes.String())
+	w, err := run("iotkv-device shell, 100 writes", writes.String())
 	if err != nil {
 		return err
 	}
-	m, err := run(menu.String())
+	m, err := run("iotkv-device shell, menu workload", menu.String())
 	if err != nil {
 		return err
 	}
@@ -241,7 +237,8 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 			ts = append(ts, t)
 		}
 		if len(ts) == reps {
-			mq, mqOK = median(ts), true
+			mq, walls["mosquitto_pub -l, 100 values"] = medianRound(ts, func(t timed) float64 { return t.Wall })
+			mqOK = true
 		}
 	} else {
 		sec.Note("mosquitto_pub is not installed (apt-get install -y mosquitto-clients): its row is missing")
@@ -260,6 +257,13 @@ func (r *Runner) scenDevice(ctx context.Context, sec *Section) error {
 	sec.Row("replaced C++ client, 100 writes (a fixed figure measured separately, not in this run; its paper: 32 s, 7.9 MB)", "≈ 30 s", "–", "9.3 MB", "–", "–", "1×", "1×")
 	sec.Note("Measured with `/usr/bin/time -f '%s'`, median of %d run(s), against one edge on loopback through a byte-counting TCP proxy (MQTT and HTTPS both counted, TLS handshakes included). iotkv-device is the release build (CGO_ENABLED=0, -trimpath, -s -w): %.1f MB. Each run starts with a fresh queue dir, so it also learns its seq from the retained status/ack.",
 		timeFormat, reps, float64(st.Size())/1e6)
+	for _, name := range []string{"iotkv-device shell, 100 writes", "iotkv-device shell, menu workload", "mosquitto_pub -l, 100 values"} {
+		if ws, ok := walls[name]; ok {
+			sec.Note("%s", roundsNote(name, "wall", ws, seconds))
+		}
+	}
+	sec.Raw["rounds_wall_s"] = walls
+	sec.SetSpread("100 writes", walls["iotkv-device shell, 100 writes"], seconds)
 	if len(firstWall) == 2 {
 		sec.Note("First run of each workload, the edge's credential cache still cold (one bcrypt cost-10 check at login): %.2f s (100 writes), %.2f s (menu workload).", firstWall[0], firstWall[1])
 	}

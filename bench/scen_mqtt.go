@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,32 +129,27 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 				if li == 0 && round == 0 && l.m.onLoad != nil {
 					l.m.onLoad(ctx, l.s)
 				}
-				var applied0 int64
-				if l.m.applied != nil {
-					var err error
-					if applied0, err = l.m.applied(ctx, l.s); err != nil {
-						return nil, servers, skipped, fmt.Errorf("%s: applied count before round %d: %w", l.m.name, round+1, err)
+				var res LoadResult
+				run := func() (int64, int64) {
+					cpu0, _ := CPUTime(l.s.Proc.Pid())
+					res = Load{Clients: l.clients, Devices: l.m.devices, Topic: l.m.topic, Payload: l.m.payload, InFlight: w, Seqs: l.seqs,
+						Warmup: r.dur(500*time.Millisecond, time.Second), Duration: r.dur(2*time.Second, 5*time.Second)}.Run(ctx)
+					if cpu1, err := CPUTime(l.s.Proc.Pid()); err == nil && res.Sent > 0 {
+						res.ServerCPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(res.Sent)
 					}
+					return res.AckedAll, res.Errors
 				}
-				cpu0, _ := CPUTime(l.s.Proc.Pid())
-				res := Load{Clients: l.clients, Devices: l.m.devices, Topic: l.m.topic, Payload: l.m.payload, InFlight: w, Seqs: l.seqs,
-					Warmup: r.dur(500*time.Millisecond, time.Second), Duration: r.dur(2*time.Second, 5*time.Second)}.Run(ctx)
-				if cpu1, err := CPUTime(l.s.Proc.Pid()); err == nil && res.Sent > 0 {
-					res.ServerCPUus = float64(cpu1-cpu0) / float64(time.Microsecond) / float64(res.Sent)
-				}
-				if l.m.applied != nil {
-					applied1, err := l.m.applied(ctx, l.s)
-					if err != nil {
-						return nil, servers, skipped, fmt.Errorf("%s: applied count after round %d: %w", l.m.name, round+1, err)
-					}
-					res.Applied = applied1 - applied0
+				if l.m.applied == nil {
+					run()
+				} else {
 					// Every publish of the round has its ack or its error
 					// by now: the server applied exactly what it acked,
 					// nothing was a duplicate of an earlier round.
-					if res.Applied != res.AckedAll || res.Errors > 0 {
-						return nil, servers, skipped, fmt.Errorf("%s: applied-count check failed in round %d (%d in flight): the server's counters say %d applied, the load generator counted %d acks (%d errors)",
-							l.m.name, round+1, w, res.Applied, res.AckedAll, res.Errors)
+					c, err := checkedRound(ctx, func(ctx context.Context) (int64, error) { return l.m.applied(ctx, l.s) }, run)
+					if err != nil {
+						return nil, servers, skipped, fmt.Errorf("%s: round %d (%d in flight): %w", l.m.name, round+1, w, err)
 					}
+					res.Applied = c.Applied
 				}
 				r.Log.Info("measured", "system", l.m.name, "inflight", w, "round", round+1, "msgs/s", int(res.MsgsPerS), "errors", res.Errors, "p99ms", res.P99ms,
 					"acked", res.AckedAll, "applied", res.Applied)
@@ -172,16 +165,14 @@ func (r *Runner) compareMQTT(ctx context.Context, runs []mqttRun) (map[string]ma
 		out[l.m.name] = map[int]LoadResult{}
 		for w, rs := range all[l.m.name] {
 			var checks []AppliedCheck
-			rounds := make([]float64, len(rs))
-			for i, x := range rs { // in round order
-				rounds[i] = x.MsgsPerS
+			for _, x := range rs {
 				if x.Applied >= 0 {
 					checks = append(checks, AppliedCheck{Acked: x.AckedAll, Applied: x.Applied, Errors: x.Errors})
 				}
 			}
-			sort.Slice(rs, func(i, j int) bool { return rs[i].MsgsPerS < rs[j].MsgsPerS })
-			med := rs[len(rs)/2]
-			med.Rounds, med.Checks = rounds, checks
+			med, rounds := medianRound(rs, func(x LoadResult) float64 { return x.MsgsPerS })
+			_, p99s := medianRound(rs, func(x LoadResult) float64 { return x.P99ms })
+			med.Rounds, med.RoundsP99, med.Checks = rounds, p99s, checks
 			out[l.m.name][w] = med
 		}
 		if l.m.after != nil {
@@ -230,10 +221,11 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	for name, out := range outs {
 		res[name] = out[w]
 	}
-	pk, err := r.rawPebble(ctx, 50, r.dur(2*time.Second, 10*time.Second))
+	pks, err := inRounds(r.rounds(), func(int) (float64, error) { return r.rawPebble(ctx, 50, r.dur(2*time.Second, 10*time.Second)) })
 	if err != nil {
 		return err
 	}
+	pk, pkRounds := medianRound(pks, func(v float64) float64 { return v })
 	e, mq := res["iotkv edge"], res["mosquitto"]
 	edgeOps := e.MsgsPerS * opsPerBatch
 	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
@@ -252,24 +244,25 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	sec.Note("Same load generator (paho.mqtt.golang, MQTT 3.1.1, mTLS, password) for every broker: 50 devices, %d batches in flight each, %d-byte batches of %d puts. mosquitto and bare mochi acknowledge from memory; the edge acknowledges after the group fsync. All brokers run at once with their devices connected and are loaded in turn, round after round (%d round(s) of %s after %s of warm-up); each figure is the median round. Every device's seq continues from round to round, so no round replays a batch the edge has applied.", w, len(batchPayload("", 1)), opsPerBatch, r.rounds(), r.dur(2*time.Second, 5*time.Second), r.dur(500*time.Millisecond, time.Second))
 	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
 		if v, ok := res[name]; ok && name == "iotkv edge" {
-			sec.Note("%s", roundsNote(name, v, opsPerBatch, "key-ops/s"))
+			sec.Note("%s", roundsNote(name, "key-ops/s", v.Rounds, perS(opsPerBatch)))
 		} else if ok {
-			sec.Note("%s", roundsNote(name, v, 1, "msgs/s"))
+			sec.Note("%s", roundsNote(name, "msgs/s", v.Rounds, perS(1)))
 		}
 	}
-	sec.Note("%s", checkNote(e, "batches", "the sum of last_seq over the 50 devices in the edge's /v1/devices"))
+	sec.Note("%s", roundsNote("raw Pebble (a fresh store each round, after the brokers)", "keys/s", pkRounds, perS(1)))
+	sec.Note("%s", checkNote(e.Checks, "batches", "the sum of last_seq over the 50 devices in the edge's /v1/devices"))
 	if n := applied.Load(); n > 0 {
 		sec.Note("After the last round the edge's /v1/devices reports %d batches applied in all for the 50 devices (warm-up and every round).", n)
 	}
 	sec.Rounds = r.rounds()
 	if mq.MsgsPerS > 0 {
 		x := ratio(edgeOps, mq.MsgsPerS)
-		sec.Check("key-ops/s ≥ 10× mosquitto's QoS 1 msgs/s", x, x >= 10, "%.1f× (%s key-ops/s vs %s msgs/s)", x, fmtRate(edgeOps), fmtRate(mq.MsgsPerS))
+		sec.Check("key-ops/s ≥ 12× mosquitto's QoS 1 msgs/s", x, x >= 12, "%.1f× (%s key-ops/s vs %s msgs/s)", x, fmtRate(edgeOps), fmtRate(mq.MsgsPerS))
 	}
 	x := ratio(edgeOps, pk)
-	sec.Check("key-ops/s ≥ 0.7× raw Pebble synced batches", x, x >= 0.7, "%.2f× (%s vs %s keys/s)", x, fmtRate(edgeOps), fmtRate(pk))
+	sec.Check("key-ops/s ≥ 0.6× raw Pebble synced batches", x, x >= 0.6, "%.2f× (%s vs %s keys/s)", x, fmtRate(edgeOps), fmtRate(pk))
 	sec.Raw["results"] = res
-	sec.Raw["raw_pebble_keys_per_s"] = pk
+	sec.Raw["raw_pebble_keys_per_s"], sec.Raw["raw_pebble_rounds_keys_per_s"] = pk, pkRounds
 	labels, vals := []string{}, []float64{}
 	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
 		if v, ok := res[name]; ok {
@@ -288,13 +281,21 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 
 // appliedSeqs sums last_seq over the devices the edge has seen.
 func (r *Runner) appliedSeqs(ctx context.Context, s *Server) (int64, error) {
+	return r.appliedSeqsOf(ctx, s, nil)
+}
+
+// appliedSeqsOf sums last_seq over devs (every device when nil) in the
+// edge's /v1/devices: the batches it applied for them, as each device's
+// seqs run 1, 2, 3, ...
+func (r *Runner) appliedSeqsOf(ctx context.Context, s *Server, devs []string) (int64, error) {
 	c, err := r.HTTPClient(1)
 	if err != nil {
 		return 0, err
 	}
 	var out struct {
 		Devices []struct {
-			LastSeq int64 `json:"last_seq"`
+			Device  string `json:"device"`
+			LastSeq int64  `json:"last_seq"`
 		} `json:"devices"`
 	}
 	if _, err := GetJSON(ctx, c, "https://"+s.HTTPS+"/v1/devices", AdminName, &out); err != nil {
@@ -302,7 +303,9 @@ func (r *Runner) appliedSeqs(ctx context.Context, s *Server) (int64, error) {
 	}
 	var n int64
 	for _, d := range out.Devices {
-		n += d.LastSeq
+		if devs == nil || contains(devs, d.Device) {
+			n += d.LastSeq
+		}
 	}
 	return n, nil
 }
@@ -426,22 +429,34 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 	for _, m := range runs {
 		for _, w := range levels {
 			if v, ok := res[m.name]; ok {
-				sec.Note("%s", roundsNote(fmt.Sprintf("%s, %d in flight", m.name, w), v[w], 1, "msgs/s"))
+				sec.Note("%s", roundsNote(fmt.Sprintf("%s, %d in flight", m.name, w), "msgs/s", v[w].Rounds, perS(1)))
 			}
 		}
 	}
 	for _, w := range levels {
-		sec.Note("%s", checkNote(e[w], fmt.Sprintf("messages (%d in flight)", w), "the edge's iotkv_ops_applied_total"))
+		sec.Note("%s", checkNote(e[w].Checks, fmt.Sprintf("messages (%d in flight)", w), "the edge's iotkv_ops_applied_total"))
 	}
 	sec.Rounds = r.rounds()
+	// With one message in flight per device every round trip waits for an
+	// fsync, so the disk sets a ceiling: what one fsync costs here, now.
+	fl, err := measureFsync(r.Work, r.dur(time.Second, 3*time.Second))
+	if err != nil {
+		return err
+	}
+	ceiling := float64(len(devs)) * fl.PerSecOK
+	sec.Note("This disk, in this run: 4 KiB append + fdatasync back to back in the bench's work directory, %.0f syncs/s (mean %.2f ms; p50 %.2f ms, p99 %.2f ms; %d syncs). With 1 in flight each of the %d devices waits for at least one fsync per message, so even if every fsync carried all %d the edge could ack at most %d × %.0f = %s msgs/s; it reached %s (%.2f× that ceiling). mosquitto and bare mochi never wait for the disk.",
+		fl.PerSecOK, 1000/fl.PerSecOK, fl.P50ms, fl.P99ms, fl.N, len(devs), len(devs), len(devs), fl.PerSecOK, fmtRate(ceiling), fmtRate(e[1].MsgsPerS), ratio(e[1].MsgsPerS, ceiling))
+	sec.Raw["fsync"] = fl
+	aims := map[int]struct{ nats, mosquitto float64 }{1: {10, 0.5}, 16: {15, 0.8}}
 	for _, w := range levels {
+		aim := aims[w]
 		if n, ok := res["NATS (JetStream sync always)"]; ok {
 			x := ratio(e[w].MsgsPerS, n[w].MsgsPerS)
-			sec.Check(fmt.Sprintf("%d in flight: ≥ 10× NATS sync-always", w), x, x >= 10, "%.1f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(n[w].MsgsPerS))
+			sec.Check(fmt.Sprintf("%d in flight: ≥ %g× NATS sync-always", w, aim.nats), x, x >= aim.nats, "%.1f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(n[w].MsgsPerS))
 		}
 		if mq, ok := res["mosquitto"]; ok {
 			x := ratio(e[w].MsgsPerS, mq[w].MsgsPerS)
-			sec.Check(fmt.Sprintf("%d in flight: ≥ 0.8× mosquitto", w), x, x >= 0.8, "%.2f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(mq[w].MsgsPerS))
+			sec.Check(fmt.Sprintf("%d in flight: ≥ %g× mosquitto", w, aim.mosquitto), x, x >= aim.mosquitto, "%.2f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(mq[w].MsgsPerS))
 		}
 	}
 	sec.Raw["results"] = res
@@ -475,29 +490,6 @@ func (r *Runner) opsApplied(ctx context.Context, s *Server) (int64, error) {
 		return 0, errors.New("the edge's /metrics has no iotkv_ops_applied_total")
 	}
 	return int64(v), nil
-}
-
-// roundsNote states a figure's rounds: their count, min, median and max.
-func roundsNote(name string, v LoadResult, mult float64, unit string) string {
-	if len(v.Rounds) == 0 {
-		return name + ": no rounds"
-	}
-	rs := append([]float64(nil), v.Rounds...)
-	sort.Float64s(rs)
-	return fmt.Sprintf("%s: %d round(s), %s min %s / median %s / max %s", name, len(rs), unit,
-		fmtRate(rs[0]*mult), fmtRate(rs[len(rs)/2]*mult), fmtRate(rs[len(rs)-1]*mult))
-}
-
-// checkNote shows the applied-count check of every round.
-func checkNote(v LoadResult, what, source string) string {
-	if len(v.Checks) == 0 {
-		return "Applied-count check: not run."
-	}
-	var parts []string
-	for i, c := range v.Checks {
-		parts = append(parts, fmt.Sprintf("round %d: %d acked = %d applied", i+1, c.Acked, c.Applied))
-	}
-	return fmt.Sprintf("Applied-count check (passed; the scenario fails otherwise): in every round the %s the edge applied, by %s before and after the round, equal the acks the load generator counted over the round (warm-up and the drain after the window included): %s.", what, source, strings.Join(parts, "; "))
 }
 
 func short(name string) string {

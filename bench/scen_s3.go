@@ -68,28 +68,48 @@ func (r *Runner) scenS3(ctx context.Context, sec *Section) error {
 	if _, err := r.iotkvBinary(ctx); err != nil { // not inside either measurement
 		return err
 	}
-	local, err := r.measureStore(ctx, "local --data", MasterStore{})
-	if err != nil {
-		return fmt.Errorf("local store: %w", err)
-	}
-	r.Log.Info("local store", "lag_p99", local.LagP99, "samples", local.LagN)
-	remote, err := r.measureStore(ctx, "s3", MasterStore{S3: s3, Prefix: "bench", FlushInterval: time.Second, FlushBytes: "1MiB", LeaseTTL: s3LeaseTTL})
-	if err != nil {
-		return fmt.Errorf("s3 store: %w", err)
-	}
-	root := filepath.Join(s3.Data, s3.Bucket, "bench", "edges", EdgeID)
-	segs, err := segmentLags(root, remote.windowStart, remote.windowEnd)
+	// Each round measures both stores afresh (a new edge and master each,
+	// the S3 one under a prefix of its own); each column is the median
+	// round by lag p99.
+	type both struct{ local, remote storeWindow }
+	rounds, err := inRounds(r.rounds(), func(i int) (both, error) {
+		var b both
+		var err error
+		if b.local, err = r.measureStore(ctx, "local --data", MasterStore{}); err != nil {
+			return b, fmt.Errorf("local store: %w", err)
+		}
+		r.Log.Info("local store", "round", i+1, "lag_p99", b.local.LagP99, "samples", b.local.LagN)
+		prefix := fmt.Sprintf("bench-%d", i+1)
+		if b.remote, err = r.measureStore(ctx, "s3", MasterStore{S3: s3, Prefix: prefix, FlushInterval: time.Second, FlushBytes: "1MiB", LeaseTTL: s3LeaseTTL}); err != nil {
+			return b, fmt.Errorf("s3 store: %w", err)
+		}
+		root := filepath.Join(s3.Data, s3.Bucket, prefix, "edges", EdgeID)
+		segs, err := segmentLags(root, b.remote.windowStart, b.remote.windowEnd)
+		if err != nil {
+			return b, err
+		}
+		remote := &b.remote
+		remote.LagP50, remote.LagP99, remote.LagN = segs.Lags.Quantile(0.5)/1000, segs.Lags.Quantile(0.99)/1000, float64(segs.Lags.Len())
+		if segs.Segs > 0 {
+			remote.SegBytes = float64(segs.Bytes) / float64(segs.Segs)
+		}
+		remote.NewestP50, remote.NewestMax = segs.Newest.Quantile(0.5)/1000, segs.Newest.Quantile(1)/1000
+		r.Log.Info("s3 store", "round", i+1, "lag_p99", remote.LagP99, "changes", remote.LagN, "puts_per_s_per_edge", remote.putsPerSecPerEdge(""))
+		if remote.LagN == 0 {
+			return b, fmt.Errorf("no segment under %s holds a change of the window", root)
+		}
+		return b, nil
+	})
 	if err != nil {
 		return err
 	}
-	remote.LagP50, remote.LagP99, remote.LagN = segs.Lags.Quantile(0.5)/1000, segs.Lags.Quantile(0.99)/1000, float64(segs.Lags.Len())
-	if segs.Segs > 0 {
-		remote.SegBytes = float64(segs.Bytes) / float64(segs.Segs)
-	}
-	remote.NewestP50, remote.NewestMax = segs.Newest.Quantile(0.5)/1000, segs.Newest.Quantile(1)/1000
-	r.Log.Info("s3 store", "lag_p99", remote.LagP99, "changes", remote.LagN, "puts_per_s_per_edge", remote.putsPerSecPerEdge(""))
-	if remote.LagN == 0 {
-		return fmt.Errorf("no segment under %s holds a change of the window", root)
+	medLocal, localP99s := medianRound(rounds, func(b both) float64 { return b.local.LagP99 })
+	medRemote, remoteP99s := medianRound(rounds, func(b both) float64 { return b.remote.LagP99 })
+	_, putRounds := medianRound(rounds, func(b both) float64 { return b.remote.putsPerSecPerEdge("") })
+	local, remote := medLocal.local, medRemote.remote
+	var localChecks, remoteChecks []AppliedCheck
+	for _, b := range rounds {
+		localChecks, remoteChecks = append(localChecks, b.local.Load.Checks...), append(remoteChecks, b.remote.Load.Checks...)
 	}
 
 	ms := func(s float64) string { return fmt.Sprintf("%.0f ms", s*1000) }
@@ -112,7 +132,7 @@ func (r *Runner) scenS3(ctx context.Context, sec *Section) error {
 	sec.Row("load (acked batches/s, PUBACK p99)",
 		fmt.Sprintf("%.1f/s, %.0f ms", local.Load.MsgsPerS, local.Load.P99ms), fmt.Sprintf("%.1f/s, %.0f ms", remote.Load.MsgsPerS, remote.Load.P99ms), "")
 	sec.Row("master caught up after the load stopped", fmt.Sprintf("%.2f s", local.CatchUp), fmt.Sprintf("%.2f s", remote.CatchUp), "")
-	sec.Note("Workload: one edge, %d devices each publishing a batch of %d puts every %.0f s, staggered (%.0f batches/s, %.0f key-ops/s); QoS 1, mTLS. The same load runs twice, each time against a fresh edge and a fresh `iotkv master` process built from the tree: first with `--data DIR` (the baseline), then with `--store s3://iotkv-bench/bench --s3-endpoint http://127.0.0.1:PORT --flush-interval 1s --flush-bytes 1MiB` against versitygw (posix backend) on loopback. `--snapshot-interval %s` for both, so no compaction falls inside the window. Measured over a %.0f s window after %.0f s of warm-up.",
+	sec.Note("Workload: one edge, %d devices each publishing a batch of %d puts every %.0f s, staggered (%.0f batches/s, %.0f key-ops/s); QoS 1, mTLS. The same load runs twice, each time against a fresh edge and a fresh `iotkv master` process built from the tree: first with `--data DIR` (the baseline), then with `--store s3://iotkv-bench/bench-N --s3-endpoint http://127.0.0.1:PORT --flush-interval 1s --flush-bytes 1MiB` against versitygw (posix backend) on loopback. `--snapshot-interval %s` for both, so no compaction falls inside the window. Measured over a %.0f s window after %.0f s of warm-up.",
 		s3Devices, opsPerBatch, float64(s3Devices)/s3Rate, s3Rate, s3Rate*opsPerBatch, s3Snapshot, remote.Window, remote.Warm)
 	sec.Note("Lag with --data: the master's histogram iotkv_master_backup_lag_seconds, edge commit → master journal (its fsync follows in the same pass), difference of two scrapes around the window, as in scenario 7. Lag with S3: every change committed in the window, from its updated_at (edge clock) to the modification time of the segment object holding it on the S3 server, read from versitygw's directory after the run; the master's own histogram there stops at its in-memory buffer, so it is shown only as \"received\". Same machine, same clock.")
 	if remote.NewestP50 > 0.25 { // more than a flush tick (200 ms) plus a PUT
@@ -122,11 +142,21 @@ func (r *Runner) scenS3(ctx context.Context, sec *Section) error {
 	sec.Note("PUTs: the master's iotkv_s3_requests_total{kind=\"put_*\"} (every result), difference of two scrapes around the window, ÷ window seconds ÷ %d edge(s). Compaction PUTs (snapshot and manifest, 2 per --snapshot-interval) are outside the window: + %.3f PUT/s at 5m, + 0.2 PUT/s at the master's default 10s.", s3Edges, 2/s3Snapshot.Seconds())
 	sec.Note("A window of %.0f s counts whole PUTs: each kind's rate is ± %.2f/s. Lease renewals are one per --lease-ttl/2 (%s/2), %.2f/s in the long run, so a window holds %d or %d of them; the check's last figure is the window's segment rate plus that long-run renewal rate.",
 		remote.Window, 1/remote.Window, s3LeaseTTL, leaseLong, int(remote.Window*leaseLong), int(remote.Window*leaseLong)+1)
+	sec.Rounds = r.rounds()
+	sec.Note("%d round(s), each measuring both stores afresh (a new edge and master each, the S3 master under its own prefix bench-N); each column is the median round by lag p99, so the S3 column's other rows are of that round.", r.rounds())
+	sec.Note("%s", roundsNote("local --data", "lag p99", localP99s, ms))
+	sec.Note("%s", roundsNote("S3", "lag p99", remoteP99s, ms))
+	sec.SetSpread("S3 lag p99", remoteP99s, ms)
+	sec.Note("%s", roundsNote("S3", "PUTs per second per edge", putRounds, func(v float64) string { return fmt.Sprintf("%.2f", v) }))
+	sec.Note("%s", checkNote(localChecks, "batches (local --data)", "the sum of last_seq over the 50 loading devices in the edge's /v1/devices"))
+	sec.Note("%s", checkNote(remoteChecks, "batches (S3)", "the sum of last_seq over the 50 loading devices in the edge's /v1/devices"))
 	sec.Check("backup lag p99 with the S3 store at the default flush (1s, 1MiB) ≤ 2 s", remote.LagP99, remote.LagP99 <= 2,
 		"%s (%.1f× the local --data store's %s)", ms(remote.LagP99), lagRatio, ms(local.LagP99))
 	sec.Check("S3 PUTs per second per edge in steady state ≤ 1.1", puts, puts <= 1.1,
 		"%.2f in the window (segments %.2f, lease %.2f); segments + one renewal per TTL/2 = %.2f", puts, segPuts, leasePuts, segPuts+leaseLong)
-	sec.Raw["local"], sec.Raw["s3"], sec.Raw["lag_ratio_p99"] = local, remote, lagRatio
+	sec.Raw["local"], sec.Raw["s3"], sec.Raw["lag_ratio_p99"] = local.storeRun, remote.storeRun, lagRatio
+	sec.Raw["rounds_lag_p99_s"] = map[string][]float64{"local": localP99s, "s3": remoteP99s}
+	sec.Raw["rounds_s3_puts_per_s_per_edge"] = putRounds
 	return nil
 }
 
@@ -163,12 +193,23 @@ func (r *Runner) measureStore(ctx context.Context, name string, st MasterStore) 
 	load := Load{Clients: clients[:s3Devices], Devices: all[:s3Devices], Topic: batchTopic, Payload: batchPayload,
 		InFlight: 1, Rate: s3Rate, Stagger: true, Warmup: warm, Duration: window}
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); out.Load = load.Run(ctx) }()
+	var check AppliedCheck
+	var checkErr error
+	wg.Go(func() {
+		// A fresh edge: every device's seqs start at 1, none replayed.
+		check, checkErr = checkedRound(ctx, func(ctx context.Context) (int64, error) { return r.appliedSeqsOf(ctx, e, all[:s3Devices]) }, func() (int64, int64) {
+			out.Load = load.Run(ctx)
+			return out.Load.AckedAll, out.Load.Errors
+		})
+		out.Load.Applied, out.Load.Checks = check.Applied, []AppliedCheck{check}
+	})
 	h0, h1, err := r.scrapeWindow(ctx, m, warm, window, &out)
 	wg.Wait()
 	if err != nil {
 		return out, err
+	}
+	if checkErr != nil {
+		return out, checkErr
 	}
 	t0 := time.Now()
 	if _, err := r.waitCaughtUp(ctx, m, 60*time.Second); err != nil {

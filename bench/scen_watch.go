@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // watchers is a set of open watch streams (Server-Sent Events) on an edge:
@@ -97,8 +98,8 @@ func (r *Runner) scenWatch(ctx context.Context, sec *Section) error {
 	var watchMetrics map[string]float64
 	start := func(ctx context.Context) (*Server, error) { return r.StartEdge(ctx, "", 0) }
 	outs, _, _, err := r.compareMQTT(ctx, []mqttRun{
-		{name: "no watchers", start: start, topic: batchTopic, payload: batchPayload, inflight: []int{inflight}, devices: devs},
-		{name: "100 watchers", start: start, topic: batchTopic, payload: batchPayload, inflight: []int{inflight}, devices: devs,
+		{name: "no watchers", start: start, topic: batchTopic, payload: batchPayload, inflight: []int{inflight}, devices: devs, applied: r.appliedSeqs},
+		{name: "100 watchers", start: start, topic: batchTopic, payload: batchPayload, inflight: []int{inflight}, devices: devs, applied: r.appliedSeqs,
 			before: func(ctx context.Context, s *Server) error {
 				var err error
 				ws, err = r.openWatchers(ctx, s, devs, fast, stalled)
@@ -120,12 +121,27 @@ func (r *Runner) scenWatch(ctx context.Context, sec *Section) error {
 	x := ratio(with.P99ms, none.P99ms)
 	sec.Row(fmt.Sprintf("%d watchers (%d reading, %d stalled)", fast+stalled, fast, stalled), fmtRate(with.MsgsPerS),
 		fmt.Sprintf("%.1f / %.1f ms", with.P50ms, with.P99ms), fmt.Sprintf("%.2f×", x))
-	sec.Note("Two edges run at once with the same 50 devices (batches of %d puts, %d in flight each) and are loaded in turn, round after round; each figure is the median round. On the second, %d watchers of /v1/watch/{device} (one account, over HTTPS) read every event as it comes and %d of /v1/watch (every device) never read after the headers: the edge sends to a watcher only through its bounded buffer, so a stalled one overflows and is cut off instead of holding the committer. The watchers' client runs on the same 2 cores as the edge and the load.", opsPerBatch, inflight, fast, stalled)
+	sec.Note("Two edges run at once with the same 50 devices (batches of %d puts, %d in flight each) and are loaded in turn, round after round (%d round(s) of %s); each figure is the median round (by batches/s), every device's seq continuing from round to round. On the second, %d watchers of /v1/watch/{device} (one account, over HTTPS) read every event as it comes and %d of /v1/watch (every device) never read after the headers: the edge sends to a watcher only through its bounded buffer, so a stalled one overflows and is cut off instead of holding the committer. The watchers' client runs on the same 2 cores as the edge and the load.", opsPerBatch, inflight, r.rounds(), r.dur(2*time.Second, 5*time.Second), fast, stalled)
+	sec.Rounds = r.rounds()
+	for _, x := range []struct {
+		name string
+		v    LoadResult
+	}{{"no watchers", none}, {"100 watchers", with}} {
+		sec.Note("%s", roundsNote(x.name, "batches/s", x.v.Rounds, perS(1)))
+		sec.Note("%s", roundsNote(x.name, "PUBACK p99", x.v.RoundsP99, millis))
+		sec.Note("%s", checkNote(x.v.Checks, "batches ("+x.name+")", "the sum of last_seq over the 50 devices in the edge's /v1/devices"))
+	}
 	if m := watchMetrics; m != nil {
 		sec.Note("With watchers: %.0f events sent, %.0f watchers cut off by overflow, %.0f watchers open at the end, %.1f MiB read by the reading watchers.",
 			m["iotkv_watch_events_total"], m["iotkv_watch_overflows_total"], m["iotkv_watchers"], float64(ws.bytes.Load())/(1<<20))
 		sec.Raw["watch_metrics"] = map[string]float64{"events": m["iotkv_watch_events_total"], "overflows": m["iotkv_watch_overflows_total"], "open": m["iotkv_watchers"]}
 	}
+	var ratios []float64 // round by round: the two edges are loaded in turn
+	for i := range min(len(with.RoundsP99), len(none.RoundsP99)) {
+		ratios = append(ratios, ratio(with.RoundsP99[i], none.RoundsP99[i]))
+	}
+	sec.Note("%s", roundsNote("p99 with ÷ without, round by round", "ratio", ratios, func(v float64) string { return fmt.Sprintf("%.2f×", v) }))
+	sec.SetSpread("p99 ratio per round", ratios, func(v float64) string { return fmt.Sprintf("%.2f×", v) })
 	sec.Check("PUBACK p99 with 100 watchers ≤ 1.5× without", x, x <= 1.5, "%.2f× (%.1f ms vs %.1f ms)", x, with.P99ms, none.P99ms)
 	sec.Raw["results"] = map[string]LoadResult{"no_watchers": none, "watchers": with}
 	return nil

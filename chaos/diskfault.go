@@ -11,63 +11,16 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/edge"
+	"github.com/iotkv/iotkv/internal/memdisk"
 )
-
-// diskFault is what the injector does to the edge's WAL (*.log) files.
-type diskFault int32
-
-const (
-	diskOK    diskFault = iota
-	fsyncFail           // every sync fails (EIO)
-	diskFull            // every write and sync fails (ENOSPC)
-)
-
-func (f diskFault) String() string { return [...]string{"ok", "fsync EIO", "disk full"}[f] }
-
-// faultyDisk is the edge's store on a crashable in-memory file system with
-// errors injected on demand. Faults hit only the WAL: a failed MANIFEST
-// write is fatal by design in Pebble, and the WAL is where an
-// acknowledgement is made durable.
-type faultyDisk struct {
-	mode atomic.Int32
-	mem  *vfs.MemFS
-}
-
-func (d *faultyDisk) fs() vfs.FS {
-	return errorfs.Wrap(d.mem, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		f := diskFault(d.mode.Load())
-		if f == diskOK || !strings.HasSuffix(op.Path, ".log") {
-			return nil
-		}
-		sync := op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo
-		write := op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileWriteAt || op.Kind == errorfs.OpFilePreallocate || op.Kind == errorfs.OpCreate
-		switch {
-		case f == fsyncFail && sync:
-			return fmt.Errorf("%s: %w", op.Path, syscall.EIO)
-		case f == diskFull && (sync || write):
-			return fmt.Errorf("%s: %w", op.Path, syscall.ENOSPC)
-		}
-		return nil
-	}))
-}
-
-// crash is a power loss: only what was synced survives.
-func (d *faultyDisk) crash() {
-	d.mem = d.mem.CrashClone(vfs.CrashCloneCfg{})
-	d.mode.Store(int32(diskOK))
-}
 
 // logBuffer collects an in-process edge's log.
 type logBuffer struct {
@@ -91,7 +44,7 @@ func (b *logBuffer) String() string {
 // ports.
 type memEdge struct {
 	e           *env
-	disk        *faultyDisk
+	disk        *memdisk.Disk
 	mqtt, https string
 	edge        *edge.Edge
 	reg         *prometheus.Registry
@@ -106,7 +59,7 @@ func (m *memEdge) open() {
 	o := edge.Options{
 		ID: edgeID, DataDir: memDataDir, TLSFiles: m.e.pki.Paths(edgeID), Accounts: m.e.pki.Accounts,
 		MQTTAddr: m.mqtt, HTTPAddr: m.https, AccountsPoll: 100 * time.Millisecond, MaxKeepalive: 10,
-		StoreFS: m.disk.fs(), Registry: m.reg,
+		StoreFS: m.disk.FS(), Registry: m.reg,
 		Logger: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	var err error
@@ -144,15 +97,15 @@ func DiskFaults(t *testing.T, bins Bins, cycles int) Row {
 	start := time.Now()
 	row := Row{Scenario: "5. fsync errors and disk full on the edge, power loss, restart", Cycles: cycles}
 	e := newEnv(t, bins, 5)
-	m := &memEdge{e: e, disk: &faultyDisk{mem: vfs.NewCrashableMem()}, mqtt: freeAddr(t), https: freeAddr(t)}
+	m := &memEdge{e: e, disk: memdisk.New(), mqtt: freeAddr(t), https: freeAddr(t)}
 	m.open()
 	t.Cleanup(func() { _ = m.close() })
 	ws := e.startWriters(m.mqtt, 5, writerOpts{rate: 40, keys: 25})
 	var seen []string
 	for i := range cycles {
 		jitter(700*time.Millisecond, 1500*time.Millisecond)
-		fault := []diskFault{fsyncFail, diskFull}[i%2]
-		m.disk.mode.Store(int32(fault))
+		fault := []memdisk.Fault{memdisk.FsyncFail, memdisk.DiskFull}[i%2]
+		m.disk.SetFault(fault)
 		deadline := time.Now().Add(20 * time.Second)
 		for m.edge.Ready() == nil {
 			if time.Now().After(deadline) {
@@ -190,7 +143,7 @@ func DiskFaults(t *testing.T, bins Bins, cycles int) Row {
 			}
 		}
 		// Power loss, disk replaced by what was synced, edge restarted.
-		m.disk.crash()
+		m.disk.Crash()
 		if err := m.close(); err != nil {
 			t.Logf("%s: closing the failed edge: %v", fault, err)
 		}
@@ -211,7 +164,7 @@ func DiskFaults(t *testing.T, bins Bins, cycles int) Row {
 	if err := m.close(); err != nil {
 		t.Error(err)
 	}
-	n, dups, err := changeLogDuplicates(memDataDir, m.disk.mem)
+	n, dups, err := changeLogDuplicates(memDataDir, m.disk.FS())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,10 @@ type writeReq struct {
 	// expire, set by the sweeper, makes ops deletes of expired keys:
 	// expire[i] is the expiry the index holds for ops[i] (expiry.go).
 	expire []int64
-	done   func(commitResult)
+	// prior lists seqs of this device that ingest refused at once (over
+	// its rate) and no status/ack lists yet: recorded before the write.
+	prior []iotkv.Refusal
+	done  func(commitResult)
 }
 
 type commitResult struct {
@@ -63,11 +66,16 @@ type committer struct {
 	now      func() time.Time
 	metrics  *commitMetrics
 	quotas   *quotas
+	// hold, when set, runs before each group and may wait (the backup
+	// lag gate); it returns when quit is closed.
+	hold func(quit <-chan struct{})
+	rate *rateLimiter // shared with ingest and REST, which check it
 
 	mu     sync.RWMutex // guards closed against Submit; held shared while sending
 	closed bool
 	reqs   chan *writeReq
-	syncq  chan *group // applied groups waiting for their fsync, in order
+	syncq  chan *group   // applied groups waiting for their fsync, in order
+	quit   chan struct{} // closed by close: a held loop goes on
 	done   chan struct{}
 
 	// Owned by the loop goroutine.
@@ -78,9 +86,11 @@ type committer struct {
 	failed atomic.Bool // set by the first failed commit; see loop
 }
 
-func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q QuotaOptions, onCommit func(committed)) (*committer, error) {
+func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q QuotaOptions, onCommit func(committed), hold func(quit <-chan struct{})) (*committer, error) {
 	c := &committer{
+		hold:     hold,
 		quotas:   newQuotas(q),
+		rate:     newRateLimiter(q.withDefaults().RateOps),
 		store:    store,
 		log:      log,
 		maxGroup: 1024,
@@ -88,6 +98,7 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q Q
 		now:      time.Now,
 		reqs:     make(chan *writeReq, 4096),
 		syncq:    make(chan *group, 8),
+		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 		devs:     make(map[string]devState),
 	}
@@ -110,7 +121,9 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q Q
 		}
 	}
 	// Everything on disk at start is durable: reads see it from here on.
-	store.view.publish(store.db.NewSnapshot())
+	if !store.readsBeforeSync {
+		store.view.publish(store.db.NewSnapshot())
+	}
 	if c.cseq, err = store.lastChangeSeq(); err != nil {
 		return nil, err
 	}
@@ -138,6 +151,7 @@ func (c *committer) close() {
 	c.mu.Lock()
 	if !c.closed {
 		c.closed = true
+		close(c.quit)
 		close(c.reqs)
 	}
 	c.mu.Unlock()
@@ -173,6 +187,9 @@ type group struct {
 func (c *committer) loop() {
 	defer close(c.syncq)
 	for first := range c.reqs {
+		if c.hold != nil {
+			c.hold(c.quit)
+		}
 		reqs := []*writeReq{first}
 		ops := len(first.ops)
 	drain:
@@ -221,6 +238,18 @@ func (c *committer) apply(reqs []*writeReq) *group {
 			g.pending[r.device] = st
 			_ = batch.Set(deviceKey(r.device), st.meta(), nil)
 			continue
+		}
+		if len(r.prior) > 0 {
+			refused := st.refused
+			for _, p := range r.prior {
+				if p.Seq > last {
+					st.refused = withRefusal(st.refused, p.Seq, p.Code)
+				}
+			}
+			if !slices.Equal(refused, st.refused) {
+				g.pending[r.device] = st
+				_ = batch.Set(deviceKey(r.device), st.meta(), nil)
+			}
 		}
 		if r.refused == nil && !(r.seq > 0 && r.seq <= last) {
 			r.refused = c.admit(g, r, st, cseq, nowMs)
@@ -301,7 +330,9 @@ func (c *committer) apply(reqs []*writeReq) *group {
 		return g
 	}
 	g.batch = batch
-	g.snap = c.store.db.NewSnapshot() // before the next group is applied
+	if !c.store.readsBeforeSync {
+		g.snap = c.store.db.NewSnapshot() // before the next group is applied
+	}
 	c.cseq = cseq
 	for d, s := range g.pending {
 		c.devs[d] = s
@@ -371,9 +402,11 @@ func (c *committer) syncLoop() {
 			} else if c.failed.Load() {
 				g.err = errFailed // an earlier group failed: this one's seq state is suspect
 			}
-			if g.err == nil {
+			switch {
+			case g.snap == nil: // reads before sync
+			case g.err == nil:
 				c.store.view.publish(g.snap) // before any PUBACK: a reader after it sees the write
-			} else {
+			default:
 				_ = g.snap.Close() // never readable
 			}
 		}

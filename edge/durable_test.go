@@ -9,53 +9,22 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	pahov5 "github.com/eclipse/paho.golang/paho"
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/edge"
+	"github.com/iotkv/iotkv/internal/memdisk"
 )
 
-// memDisk is an edge store on a crashable in-memory file system whose WAL
-// syncs fail on demand.
-type memDisk struct {
-	failSync atomic.Bool
-	mu       sync.Mutex
-	mem      *vfs.MemFS
-}
-
-func (d *memDisk) fs() vfs.FS {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return errorfs.Wrap(d.mem, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		sync := op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo
-		if d.failSync.Load() && sync && strings.HasSuffix(op.Path, ".log") {
-			return fmt.Errorf("%s: %w", op.Path, syscall.EIO)
-		}
-		return nil
-	}))
-}
-
-// crash is a power loss: only what was synced survives; the disk works
-// again.
-func (d *memDisk) crash() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.mem = d.mem.CrashClone(vfs.CrashCloneCfg{})
-	d.failSync.Store(false)
-}
-
-func memRig(t *testing.T, d *memDisk, q edge.QuotaOptions) *edgeRig {
+func memRig(t *testing.T, d *memdisk.Disk, q edge.QuotaOptions) *edgeRig {
 	t.Helper()
 	e, err := edge.Open(edge.Options{
 		ID: "edge1", DataDir: "/data", TLSFiles: shared.pki.Paths("edge1"), Accounts: shared.pki.Accounts,
 		MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AccountsPoll: 100 * time.Millisecond,
-		StoreFS: d.fs(), Quota: q,
+		StoreFS: d.FS(), Quota: q,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -96,14 +65,14 @@ func reads(t *testing.T, r *edgeRig, dev, key string) (get, list, seed string) {
 // not while the edge runs on (its commit failed), not after the power
 // loss and restart.
 func TestDurableReadsNeverShowAFailedGroup(t *testing.T) {
-	d := &memDisk{mem: vfs.NewCrashableMem()}
+	d := memdisk.New()
 	r := memRig(t, d, edge.QuotaOptions{})
 	dev := "e2e"
 	pw := r.password(dev)
 	if resp, body := r.do(t, dev, pw, http.MethodPut, "/v1/kv/"+dev+"/k", `"durable"`); resp.StatusCode != http.StatusOK {
 		t.Fatalf("first put: %d %s", resp.StatusCode, body)
 	}
-	d.failSync.Store(true)
+	d.SetFault(memdisk.FsyncFail)
 	// Readers hammer the key while the failing write goes through.
 	stop := make(chan struct{})
 	var seen sync.Map
@@ -146,7 +115,7 @@ func TestDurableReadsNeverShowAFailedGroup(t *testing.T) {
 	}
 
 	// Power loss and restart on the fixed disk.
-	d.crash()
+	d.Crash()
 	_ = r.edge.Close(t.Context())
 	r = memRig(t, d, edge.QuotaOptions{})
 	if g, l, s := reads(t, r, dev, "k"); g != `"durable"` || l != `"durable"` || s != "durable" {
@@ -162,7 +131,7 @@ func TestDurableReadsNeverShowAFailedGroup(t *testing.T) {
 // loss in the middle of a load of puts, deletes and ttl puts from several
 // devices, and after the restart.
 func TestUsageCountersAreExactAfterAPowerLossMidLoad(t *testing.T) {
-	d := &memDisk{mem: vfs.NewCrashableMem()}
+	d := memdisk.New()
 	r := memRig(t, d, edge.QuotaOptions{Keys: 40, RateOps: -1})
 	devs := []string{"ref-a", "ref-b", "logs"}
 	var wg sync.WaitGroup
@@ -206,7 +175,7 @@ func TestUsageCountersAreExactAfterAPowerLossMidLoad(t *testing.T) {
 			t.Fatalf("only %d batches acknowledged in a minute", sent.Load())
 		}
 	}
-	d.crash() // mid-load: the devices are still publishing
+	d.Crash() // mid-load: the devices are still publishing
 	close(stop)
 	wg.Wait()
 	before := checkUsage(t, r)
@@ -214,7 +183,7 @@ func TestUsageCountersAreExactAfterAPowerLossMidLoad(t *testing.T) {
 
 	// The store as the power loss left it, before an edge (and its
 	// sweeper) runs on it.
-	after, counted, err := edge.StoreUsage("/data", d.fs())
+	after, counted, err := edge.StoreUsage("/data", d.FS())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -76,8 +76,11 @@ type Options struct {
 	// MemTableSize is the store's memtable size in bytes; default
 	// DefaultMemTableSize (32 MiB).
 	MemTableSize uint64
-	Logger       *slog.Logger
-	Registry     *prometheus.Registry // default a new one with Go and process collectors
+	// ReadsBeforeSync lets reads see a group before its fsync: only for
+	// measuring what durable reads cost (StoreOptions.ReadsBeforeSync).
+	ReadsBeforeSync bool
+	Logger          *slog.Logger
+	Registry        *prometheus.Registry // default a new one with Go and process collectors
 }
 
 func (o *Options) validate() error {
@@ -136,6 +139,7 @@ type Edge struct {
 	accounts *accounts.Store
 	store    *Store
 	c        *committer
+	ingest   *ingest
 	broker   *broker.Broker
 	tls      *live.Certs
 	http     *rest.Server
@@ -172,7 +176,7 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize, NoHistory: opts.History.Off})
+	e.store, err = OpenStore(opts.DataDir, StoreOptions{FS: opts.StoreFS, Logger: e.log, MemTableSize: opts.MemTableSize, NoHistory: opts.History.Off, ReadsBeforeSync: opts.ReadsBeforeSync})
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +192,11 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.c, err = newCommitter(e.store, e.log, reg, opts.Quota, e.committed)
+	var hold func(<-chan struct{})
+	if e.backup.gate != nil {
+		hold = e.backup.gate.wait
+	}
+	e.c, err = newCommitter(e.store, e.log, reg, opts.Quota, e.committed, hold)
 	if err != nil {
 		return nil, err
 	}
@@ -203,10 +211,11 @@ func Open(opts Options) (_ *Edge, err error) {
 		return nil, err
 	}
 	throttle := accounts.NewThrottle()
+	e.ingest = newIngest(e.c, opts.Limits)
 	e.broker, err = broker.New(broker.Options{
 		Addr: opts.MQTTAddr, TLS: e.tls.ServerConfig(tls.RequireAndVerifyClientCert), PeerCheck: e.tls.CheckPeer,
 		Accounts: e.accounts, Throttle: throttle,
-		Ingest: &ingest{c: e.c, limits: opts.Limits}, Metrics: reg,
+		Ingest: e.ingest, Metrics: reg,
 		MaxPacketSize: opts.MaxPacketSize, ConnectTimeout: opts.ConnectTimeout,
 		MaxClients: opts.MaxClients, MaxKeepalive: opts.MaxKeepalive, Logger: e.log,
 	})
@@ -376,6 +385,9 @@ func (e *Edge) Close(ctx context.Context) error {
 		}
 		if e.c != nil {
 			e.c.close()
+		}
+		if e.ingest != nil {
+			e.ingest.close() // its held refusals answer through the broker
 		}
 		if e.backupStarted {
 			e.backup.close() // before the broker it publishes through

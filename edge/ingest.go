@@ -1,31 +1,76 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/broker"
 	"github.com/iotkv/iotkv/rest"
 )
 
-// ingest turns device publishes into writes for the committer.
+// ingest turns device publishes into writes for the committer. A write
+// over its device's rate is refused here, before its batch is decoded when
+// the bucket is already empty, and never enters a group commit. Its
+// refusal is held until the device's bucket has a token again, at most
+// maxRefusalHold: the broker reads no more of that client's publishes
+// than its window while answers are pending, so a flooding connection is
+// slowed to about its rate instead of costing the edge TLS reads and
+// refusals as fast as it can send. Answers keep the order of the device's
+// writes (lanes).
 type ingest struct {
 	c      *committer
 	limits iotkv.Limits
+	lanes  lanes
+
+	mu     sync.Mutex // guards closed against holds.Add
+	closed bool
+	quit   chan struct{} // closed by close: held refusals are answered at once
+	holds  sync.WaitGroup
+}
+
+// maxRefusalHold bounds how long a rate_limited refusal is held.
+const maxRefusalHold = time.Second
+
+func newIngest(c *committer, limits iotkv.Limits) *ingest {
+	return &ingest{c: c, limits: limits, quit: make(chan struct{})}
+}
+
+// close answers the held refusals and waits for them.
+func (in *ingest) close() {
+	in.mu.Lock()
+	if !in.closed {
+		in.closed = true
+		close(in.quit)
+	}
+	in.mu.Unlock()
+	in.holds.Wait()
 }
 
 var _ broker.Ingest = (*ingest)(nil)
 
 func (in *ingest) Submit(w broker.Write, done func(broker.Result)) {
+	now := in.c.now()
+	l, t := in.lanes.enter(w.Device)
 	req := &writeReq{device: w.Device}
 	switch {
 	case w.Retain:
 		req.refused = iotkv.Errorf(iotkv.CodeInvalidBatch, "the retain flag is not allowed on device writes")
 	case w.Topic.Kind == iotkv.TopicBatch:
+		if seq, ok := peekSeq(w.Payload); ok && !in.lanes.applied(l, seq) {
+			if open, wait := in.c.rate.open(w.Device, in.lanes.lastOps(l), now); !open {
+				in.refuse(l, t, w.Device, seq, wait, done)
+				return
+			}
+		}
 		b, err := in.limits.DecodeBatch(w.Payload)
 		req.seq, req.ops, req.refused = b.Seq, b.Ops, err
+		in.lanes.sawOps(l, len(b.Ops))
 	default: // TopicKV
 		op := iotkv.Op{Op: iotkv.OpDel, Key: w.Topic.Key}
 		if len(w.Payload) > 0 {
@@ -34,8 +79,173 @@ func (in *ingest) Submit(w broker.Write, done func(broker.Result)) {
 		req.refused = in.limits.ValidateOp(op)
 		req.ops = []iotkv.Op{op}
 	}
-	req.done = func(r commitResult) { done(broker.Result{Seq: req.seq, Err: r.err}) }
+	if req.refused == nil && !in.lanes.applied(l, req.seq) {
+		if ok, wait := in.c.rate.take(w.Device, len(req.ops), now); !ok {
+			in.refuse(l, t, w.Device, req.seq, wait, done)
+			return
+		}
+	}
+	req.prior = in.lanes.takePrior(l)
+	req.done = func(r commitResult) {
+		in.lanes.leave(l, t, req.seq, r.err == nil, func() { done(broker.Result{Seq: req.seq, Err: r.err}) })
+	}
 	in.c.submit(req)
+}
+
+// refuse answers a write over its device's rate without the committer,
+// after wait (at most maxRefusalHold).
+func (in *ingest) refuse(l *lane, t uint64, device string, seq uint64, wait time.Duration, done func(broker.Result)) {
+	err := rateLimited(device, in.c.rate)
+	in.c.metrics.refused.WithLabelValues(iotkv.CodeRateLimited).Inc()
+	in.lanes.refused(l, seq, iotkv.CodeRateLimited)
+	answer := func() { in.lanes.leave(l, t, seq, false, func() { done(broker.Result{Seq: seq, Err: err}) }) }
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		answer()
+		return
+	}
+	in.holds.Add(1)
+	in.mu.Unlock()
+	go func() {
+		defer in.holds.Done()
+		hold := time.NewTimer(min(wait, maxRefusalHold))
+		defer hold.Stop()
+		select {
+		case <-hold.C:
+		case <-in.quit:
+		}
+		answer()
+	}()
+}
+
+func rateLimited(device string, l *rateLimiter) error {
+	return iotkv.Errorf(iotkv.CodeRateLimited, "device %s is over its rate of %.0f ops/s; retry later", device, l.rate)
+}
+
+// peekSeq reads the seq of a batch that starts with it, as the device
+// library writes them, without decoding the rest.
+func peekSeq(p []byte) (uint64, bool) {
+	rest, ok := bytes.CutPrefix(p, []byte(`{"seq":`))
+	if !ok {
+		return 0, false
+	}
+	end := bytes.IndexAny(rest, ",}")
+	if end <= 0 {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(string(rest[:end]), 10, 64)
+	return seq, err == nil && seq > 0
+}
+
+// lanes answer each device's writes in the order they were submitted
+// (the broker writes PUBACKs in that order), whether the committer
+// answers them or ingest refuses them at once.
+type lanes struct {
+	mu sync.Mutex
+	m  map[string]*lane
+}
+
+type lane struct {
+	issued, next uint64            // tickets handed out; the next to answer
+	ready        map[uint64]func() // answers waiting for earlier tickets
+	releasing    bool              // a goroutine is calling answers
+	acked        uint64            // highest seq answered as applied
+	ops          int               // ops of the device's last decoded batch
+	// prior: seqs refused here that no status/ack lists yet. They go to
+	// the committer with the device's next write, which records them in
+	// the device's refusals before it applies (an ack that covers a seq
+	// must list it if it was refused).
+	prior []iotkv.Refusal
+}
+
+func (ls *lanes) enter(device string) (*lane, uint64) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.m == nil {
+		ls.m = map[string]*lane{}
+	}
+	l := ls.m[device]
+	if l == nil {
+		l = &lane{ready: map[uint64]func(){}}
+		ls.m[device] = l
+	}
+	t := l.issued
+	l.issued++
+	return l, t
+}
+
+// applied reports whether seq is one the lane saw applied: a resent
+// duplicate, which is acknowledged and not charged.
+func (ls *lanes) applied(l *lane, seq uint64) bool {
+	if seq == 0 {
+		return false
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return seq <= l.acked
+}
+
+// lastOps is what an unread batch of the lane's device is charged: the op
+// count of its last decoded batch (1 before any).
+func (ls *lanes) lastOps(l *lane) int {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return max(1, l.ops)
+}
+
+func (ls *lanes) sawOps(l *lane, n int) {
+	if n == 0 {
+		return
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	l.ops = n
+}
+
+func (ls *lanes) refused(l *lane, seq uint64, code string) {
+	if seq == 0 {
+		return
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	l.prior = withRefusal(l.prior, seq, code)
+}
+
+func (ls *lanes) takePrior(l *lane) []iotkv.Refusal {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	p := l.prior
+	l.prior = nil
+	return p
+}
+
+// leave queues ticket t's answer and calls every answer whose turn has
+// come, in ticket order. One goroutine at a time calls them.
+func (ls *lanes) leave(l *lane, t, seq uint64, ok bool, answer func()) {
+	ls.mu.Lock()
+	if ok && seq > l.acked {
+		l.acked = seq
+	}
+	l.ready[t] = answer
+	if l.releasing {
+		ls.mu.Unlock()
+		return
+	}
+	l.releasing = true
+	for {
+		f, found := l.ready[l.next]
+		if !found {
+			break
+		}
+		delete(l.ready, l.next)
+		l.next++
+		ls.mu.Unlock()
+		f()
+		ls.mu.Lock()
+	}
+	l.releasing = false
+	ls.mu.Unlock()
 }
 
 // kv serves REST through the committer and the store.
@@ -56,6 +266,10 @@ func (k *kv) List(_ context.Context, device, prefix, after string, limit int) ([
 }
 
 func (k *kv) write(ctx context.Context, device string, op iotkv.Op) (iotkv.Record, error) {
+	if ok, _ := k.c.rate.take(device, 1, k.c.now()); !ok {
+		k.c.metrics.refused.WithLabelValues(iotkv.CodeRateLimited).Inc()
+		return iotkv.Record{}, fmt.Errorf("write %s/%s: %w", device, op.Key, rateLimited(device, k.c.rate))
+	}
 	res := make(chan commitResult, 1)
 	k.c.submit(&writeReq{device: device, ops: []iotkv.Op{op}, done: func(r commitResult) { res <- r }})
 	select {

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"golang.org/x/time/rate"
 
 	"github.com/iotkv/iotkv"
 )
@@ -51,15 +49,13 @@ func (q QuotaOptions) withDefaults() QuotaOptions {
 
 // quotas is the committer's admission check: the store keeps each
 // device's key and byte counts (in its device record, written in the same
-// Pebble batch as the ops), the token buckets live in memory. Owned by the
-// committer's loop goroutine.
+// Pebble batch as the ops). Owned by the committer's loop goroutine.
 type quotas struct {
-	o       QuotaOptions
-	buckets map[string]*rate.Limiter
+	o QuotaOptions
 }
 
 func newQuotas(o QuotaOptions) *quotas {
-	return &quotas{o: o.withDefaults(), buckets: map[string]*rate.Limiter{}}
+	return &quotas{o: o.withDefaults()}
 }
 
 // usage is the change a write makes to its device's counters.
@@ -67,24 +63,14 @@ type usage struct{ keys, bytes int64 }
 
 // admit checks a write whose counters change by d, for a device holding
 // st. Only a write that grows a count past its limit is refused, so a
-// device over a lowered limit can still delete and shrink. The rate
-// bucket is charged only when the write is admitted.
-func (q *quotas) admit(device string, st devState, d usage, nops int, now time.Time) error {
+// device over a lowered limit can still delete and shrink. (The rate is
+// checked before a write reaches the committer: ratelimit.go.)
+func (q *quotas) admit(device string, st devState, d usage) error {
 	if d.keys > 0 && q.o.Keys > 0 && st.keys+d.keys > q.o.Keys {
 		return iotkv.Errorf(iotkv.CodeQuotaExceeded, "device %s would hold %d keys; its quota is %d", device, st.keys+d.keys, q.o.Keys)
 	}
 	if d.bytes > 0 && q.o.Bytes > 0 && st.bytes+d.bytes > q.o.Bytes {
 		return iotkv.Errorf(iotkv.CodeQuotaExceeded, "device %s would store %d bytes; its quota is %d", device, st.bytes+d.bytes, q.o.Bytes)
-	}
-	if q.o.RateOps > 0 {
-		b := q.buckets[device]
-		if b == nil {
-			b = rate.NewLimiter(rate.Limit(q.o.RateOps), int(q.o.RateOps*RateBurst))
-			q.buckets[device] = b
-		}
-		if !b.AllowN(now, nops) {
-			return iotkv.Errorf(iotkv.CodeRateLimited, "device %s is over its rate of %d ops/s; retry later", device, q.o.RateOps)
-		}
 	}
 	return nil
 }
@@ -241,7 +227,7 @@ func (c *committer) admit(g *group, r *writeReq, st devState, cseq uint64, nowMs
 		d.bytes += nw.size - old.size
 	}
 	r.usage = d
-	return c.quotas.admit(r.device, st, d, len(r.ops), g.start)
+	return c.quotas.admit(r.device, st, d)
 }
 
 func b2i(b bool) int64 {

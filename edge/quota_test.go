@@ -145,9 +145,11 @@ func TestQuotaRefusesKeysAndBytes(t *testing.T) {
 		t.Fatalf("k0 after the refused batch: %d %s", code, rec.Value)
 	}
 	// REST: 403 quota_exceeded.
-	if resp, body := r.do(t, dev, pw, http.MethodPut, "/v1/kv/"+dev+"/k7", `1`); resp.StatusCode != http.StatusForbidden || errorCode(body) != iotkv.CodeQuotaExceeded {
+	resp, body := r.do(t, dev, pw, http.MethodPut, "/v1/kv/"+dev+"/k7", `1`)
+	if resp.StatusCode != http.StatusForbidden || errorCode(body) != iotkv.CodeQuotaExceeded {
 		t.Fatalf("REST put over the key quota: %d %s", resp.StatusCode, body)
 	}
+	documented(t, r, http.MethodPut, "/v1/kv/{device}/{key}", resp.StatusCode, body)
 	// An overwrite that adds nothing passes; deletes pass.
 	if rc := rigPublish5(t, c5, iotkv.BatchTopic(dev), rigBatch(t, puts(4, "k1"))); rc != 0 {
 		t.Fatalf("v5 overwrite at the quota: PUBACK 0x%02x", rc)
@@ -210,12 +212,20 @@ func TestRateLimitRefusesTheFastDeviceOnly(t *testing.T) {
 	if rc := rigPublish5(t, c5, iotkv.BatchTopic(dev), rigBatch(t, ten)); rc != 0x97 {
 		t.Fatalf("over the rate: PUBACK 0x%02x, want 0x97", rc)
 	}
+	// The bucket is now in debt: the next batch is refused unread (this
+	// one would be invalid_json, 0x99, if it were decoded).
+	if rc := rigPublish5(t, c5, iotkv.BatchTopic(dev), []byte(`{"seq":3,"ops":[{"op":`)); rc != 0x97 {
+		t.Fatalf("in debt: PUBACK 0x%02x, want 0x97 without reading the batch", rc)
+	}
 	// REST: of 12 single puts at most 1 per elapsed second passes.
 	limited := 0
 	for i := range 12 {
 		resp, body := r.do(t, dev, r.password(dev), http.MethodPut, fmt.Sprintf("/v1/kv/%s/r%d", dev, i), "1")
 		switch {
 		case resp.StatusCode == http.StatusTooManyRequests && errorCode(body) == iotkv.CodeRateLimited:
+			if limited == 0 {
+				documented(t, r, http.MethodPut, "/v1/kv/{device}/{key}", resp.StatusCode, body)
+			}
 			limited++
 		case resp.StatusCode != http.StatusOK:
 			t.Fatalf("REST put %d: %d %s", i, resp.StatusCode, body)
@@ -229,8 +239,8 @@ func TestRateLimitRefusesTheFastDeviceOnly(t *testing.T) {
 	if rc := rigPublish5(t, o5, iotkv.BatchTopic(other), rigBatch(t, puts(1, "a0", "a1", "a2", "a3", "a4"))); rc != 0 {
 		t.Fatalf("the other device: PUBACK 0x%02x", rc)
 	}
-	if n := r.metric(t, "iotkv_writes_refused_total", `code="rate_limited"`); n != float64(1+limited) {
-		t.Errorf("iotkv_writes_refused_total{code=rate_limited} = %v, want %d", n, 1+limited)
+	if n := r.metric(t, "iotkv_writes_refused_total", `code="rate_limited"`); n != float64(2+limited) {
+		t.Errorf("iotkv_writes_refused_total{code=rate_limited} = %v, want %d", n, 2+limited)
 	}
 	checkUsage(t, r)
 }

@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -206,4 +209,72 @@ func TestSeedAPIWorkload(t *testing.T) {
 	if code, body := seed("/get?key=num"); code != 200 || body != `{"a":1}` {
 		t.Errorf("/get of a JSON object: %d %q", code, body)
 	}
+}
+
+// documented fails t unless the edge's own /v1/openapi.json documents the
+// answer status/body of method on the route: the status is listed, its
+// response is the JSON Error schema, and one of its examples has the
+// body's error code. body must have the Error schema's shape.
+func documented(t *testing.T, r *edgeRig, method, route string, status int, body string) {
+	t.Helper()
+	var e struct {
+		Error *struct {
+			Code    *string `json:"code"`
+			Message *string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error == nil || e.Error.Code == nil || e.Error.Message == nil {
+		t.Fatalf("%s %s answered %d %s: not the documented {\"error\":{\"code\",\"message\"}}", method, route, status, body)
+	}
+	code, docBody := r.http(t, "admin", http.MethodGet, "/v1/openapi.json")
+	if code != http.StatusOK {
+		t.Fatalf("/v1/openapi.json: %d", code)
+	}
+	type response struct {
+		Ref     string `json:"$ref"`
+		Content map[string]struct {
+			Schema struct {
+				Ref string `json:"$ref"`
+			} `json:"schema"`
+			Examples map[string]struct {
+				Value struct {
+					Error struct {
+						Code string `json:"code"`
+					} `json:"error"`
+				} `json:"value"`
+			} `json:"examples"`
+		} `json:"content"`
+	}
+	var doc struct {
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Responses map[string]response `json:"responses"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(docBody, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var op struct {
+		Responses map[string]response `json:"responses"`
+	}
+	if err := json.Unmarshal(doc.Paths[route][strings.ToLower(method)], &op); err != nil {
+		t.Fatalf("OpenAPI %s %s: %v", method, route, err)
+	}
+	resp, ok := op.Responses[strconv.Itoa(status)]
+	if !ok {
+		t.Fatalf("OpenAPI %s %s does not list %d (it lists %v)", method, route, status, slices.Collect(maps.Keys(op.Responses)))
+	}
+	if name, ok := strings.CutPrefix(resp.Ref, "#/components/responses/"); ok {
+		resp = doc.Components.Responses[name]
+	}
+	content := resp.Content["application/json"]
+	if content.Schema.Ref != "#/components/schemas/Error" {
+		t.Fatalf("OpenAPI %s %s %d: schema %q, want the Error schema", method, route, status, content.Schema.Ref)
+	}
+	for _, ex := range content.Examples {
+		if ex.Value.Error.Code == *e.Error.Code {
+			return
+		}
+	}
+	t.Fatalf("OpenAPI %s %s %d has no example with code %s (the edge answered %s)", method, route, status, *e.Error.Code, body)
 }

@@ -110,6 +110,8 @@ type Store struct {
 	now  func() time.Time // the clock reads check expiry against
 	// indexHistory: the committer writes the history index.
 	indexHistory bool
+	// readsBeforeSync: no durable view (StoreOptions.ReadsBeforeSync).
+	readsBeforeSync bool
 }
 
 // StoreOptions configure OpenStore.
@@ -123,6 +125,10 @@ type StoreOptions struct {
 	MemTableSize uint64
 	// NoHistory: the committer writes no history index (HistoryOptions.Off).
 	NoHistory bool
+	// ReadsBeforeSync makes reads go straight to Pebble, so they can see
+	// a group before its fsync (durable.go): only for measuring what
+	// durable reads cost. The iotkv command never sets it.
+	ReadsBeforeSync bool
 }
 
 // DefaultMemTableSize is 32 MiB. Pebble's default (4 MiB) flushes so
@@ -147,7 +153,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, log: o.Logger, now: time.Now, indexHistory: !o.NoHistory}
+	s := &Store{db: db, dir: dir, log: o.Logger, now: time.Now, indexHistory: !o.NoHistory, readsBeforeSync: o.ReadsBeforeSync}
 	inc, err := s.get(keyIncarn)
 	switch {
 	case err == nil:

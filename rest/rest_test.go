@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -189,4 +192,86 @@ func TestHealthReadinessAndOpenAPINeedNoLogin(t *testing.T) {
 			t.Errorf("the OpenAPI document does not describe %s", p)
 		}
 	}
+}
+
+// The OpenAPI document describes every field the JSON answers carry
+// (Device, Record), the ttl of a PUT with its bounds, and the quota and
+// rate refusals of every write route, JSON and seed API. (The edge's quota
+// tests hold the real 403 and 429 answers to this document.)
+func TestOpenAPIDocumentsFieldsTTLAndRefusals(t *testing.T) {
+	url := testServer(t, nil)
+	resp, body := call(t, "", "", url+"/v1/openapi.json")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/v1/openapi.json: %d", resp.StatusCode)
+	}
+	type param struct {
+		Name   string `json:"name"`
+		In     string `json:"in"`
+		Schema struct {
+			Type    string `json:"type"`
+			Minimum *int64 `json:"minimum"`
+			Maximum *int64 `json:"maximum"`
+		} `json:"schema"`
+	}
+	type operation struct {
+		Parameters []param                    `json:"parameters"`
+		Responses  map[string]json.RawMessage `json:"responses"`
+	}
+	var doc struct {
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]json.RawMessage `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for schema, v := range map[string]any{"Device": rest.DeviceInfo{}, "Record": iotkv.Record{}} {
+		want := jsonFields(reflect.TypeOf(v))
+		got := slices.Sorted(maps.Keys(doc.Components.Schemas[schema].Properties))
+		if !slices.Equal(got, want) {
+			t.Errorf("OpenAPI schema %s has fields %v; the answers carry %v", schema, got, want)
+		}
+	}
+	op := func(path, method string) operation {
+		var o operation
+		if err := json.Unmarshal(doc.Paths[path][method], &o); err != nil || o.Responses == nil {
+			t.Fatalf("OpenAPI %s %s: missing or unreadable (%v)", method, path, err)
+		}
+		return o
+	}
+	put := op("/v1/kv/{device}/{key}", "put")
+	i := slices.IndexFunc(put.Parameters, func(p param) bool { return p.Name == "ttl" })
+	if i < 0 {
+		t.Fatal("OpenAPI PUT /v1/kv/{device}/{key} does not document ttl")
+	}
+	if ttl := put.Parameters[i]; ttl.In != "query" || ttl.Schema.Type != "integer" || ttl.Schema.Minimum == nil || *ttl.Schema.Minimum != iotkv.MinTTL ||
+		ttl.Schema.Maximum == nil || *ttl.Schema.Maximum != iotkv.MaxTTL {
+		t.Errorf("OpenAPI ttl %+v, want a query integer from %d to %d", ttl, iotkv.MinTTL, iotkv.MaxTTL)
+	}
+	for _, w := range []struct{ path, method string }{
+		{"/v1/kv/{device}/{key}", "put"}, {"/v1/kv/{device}/{key}", "delete"}, {"/put", "get"}, {"/delete", "get"},
+	} {
+		o := op(w.path, w.method)
+		for _, status := range []string{"403", "429"} {
+			if _, ok := o.Responses[status]; !ok {
+				t.Errorf("OpenAPI %s %s does not document %s", w.method, w.path, status)
+			}
+		}
+	}
+}
+
+// jsonFields lists the JSON names of a struct's fields, sorted.
+func jsonFields(typ reflect.Type) []string {
+	var out []string
+	for f := range typ.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "-" && f.IsExported() {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -69,15 +69,21 @@ func (h *edgeHandler) seedPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := h.o.KV.Put(r.Context(), device, key, v, 0); err != nil {
-		var ie *iotkv.Error
-		if errors.As(err, &ie) {
-			text(w, statusOf(ie.Code), "failure")
-			return
-		}
-		text(w, http.StatusInternalServerError, "failure")
+		seedFailure(w, err)
 		return
 	}
 	text(w, http.StatusOK, "success")
+}
+
+// seedFailure answers a refused write "failure" with the status the JSON
+// API would give it (403 quota_exceeded, 429 rate_limited, ...).
+func seedFailure(w http.ResponseWriter, err error) {
+	var ie *iotkv.Error
+	if errors.As(err, &ie) {
+		text(w, statusOf(ie.Code), "failure")
+		return
+	}
+	text(w, http.StatusInternalServerError, "failure")
 }
 
 func (h *edgeHandler) seedDelete(w http.ResponseWriter, r *http.Request) {
@@ -86,7 +92,7 @@ func (h *edgeHandler) seedDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.o.KV.Delete(r.Context(), device, key); err != nil {
-		text(w, http.StatusInternalServerError, "failure")
+		seedFailure(w, err)
 		return
 	}
 	text(w, http.StatusOK, "success")
