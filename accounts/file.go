@@ -94,7 +94,8 @@ func Load(path string) (*File, error) {
 }
 
 // Save writes f to path atomically (temp file, fsync, rename, fsync of the
-// directory) with mode 0600.
+// directory), a new file with mode 0600; a file that exists keeps its
+// owner, group and mode (root:iotkv 0640, for a server running as iotkv).
 func (f *File) Save(path string) error {
 	f.Version = 1
 	sort.Slice(f.Accounts, func(i, j int) bool { return f.Accounts[i].Name < f.Accounts[j].Name })
@@ -102,7 +103,7 @@ func (f *File) Save(path string) error {
 	if err != nil {
 		return fmt.Errorf("encode accounts: %w", err)
 	}
-	return atomicfile.Write(path, append(data, '\n'), 0o600)
+	return atomicfile.Replace(path, append(data, '\n'), 0o600)
 }
 
 func (f *File) index(name string) int {

@@ -90,10 +90,8 @@ done
 /usr/bin/iotkv edge --config /etc/iotkv/edge.yaml --print-config >/dev/null
 /usr/bin/iotkv master --config /etc/iotkv/master.yaml --print-config >/dev/null
 systemd-analyze verify /lib/systemd/system/iotkv-edge.service /lib/systemd/system/iotkv-master.service
-for u in edge master; do
-	score=$(systemd-analyze security --offline=true "/lib/systemd/system/iotkv-$u.service" 2>/dev/null | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p')
-	echo "ok iotkv-$u.service: systemd-analyze verify; security exposure ${score:-?}"
-done
+echo "ok units: systemd-analyze verify; systemd-analyze security exposure (README.md, deploy/unit-scores.sh):"
+bash deploy/unit-scores.sh /lib/systemd/system/iotkv-edge.service /lib/systemd/system/iotkv-master.service
 dpkg --purge iotkv >/dev/null
 ! getent passwd iotkv >/dev/null || { echo "release-check: purge left the iotkv user"; exit 1; }
 echo "ok .deb: installed, user iotkv, units verified, purged"

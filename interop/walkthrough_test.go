@@ -30,40 +30,70 @@ func walkthroughCommands(t *testing.T) []string {
 // readmeCommands returns the commands of the ```sh blocks of README.md
 // from the line starting with from to the next line starting with to, in
 // order, with continuation lines joined and every curl run with --fail (a
-// 401 or 404 is a failed step, not an answer).
+// 401 or 404 is a failed step, not an answer). Blocks marked ```sh system
+// (root and systemd) are left out.
 func readmeCommands(t *testing.T, from, to string) []string {
 	t.Helper()
-	readme, err := os.ReadFile("../README.md")
+	var cmds []string
+	for _, c := range docCommands(t, "../README.md", from, to) {
+		if !c.system {
+			cmds = append(cmds, c.text)
+		}
+	}
+	return cmds
+}
+
+// docCommand is one command of a documentation page's shell blocks.
+type docCommand struct {
+	text   string
+	system bool // from a ```sh system block: needs root and systemd
+}
+
+// docCommands returns the commands of the ```sh and ```sh system blocks of
+// file from the line starting with from to the next line starting with to
+// (from "" is the start, to "" the end), as readmeCommands does.
+func docCommands(t *testing.T, file, from, to string) []docCommand {
+	t.Helper()
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := "\n" + string(readme)
-	start := strings.Index(text, "\n"+from)
-	if start < 0 {
-		t.Fatalf("README.md has no line starting with %q", from)
+	text := "\n" + string(data)
+	if from != "" {
+		start := strings.Index(text, "\n"+from)
+		if start < 0 {
+			t.Fatalf("%s has no line starting with %q", file, from)
+		}
+		text = text[start:]
 	}
-	end := strings.Index(text[start+1:], "\n"+to)
-	if end < 0 {
-		t.Fatalf("README.md has no line starting with %q after %q", to, from)
+	if to != "" {
+		end := strings.Index(text[1:], "\n"+to)
+		if end < 0 {
+			t.Fatalf("%s has no line starting with %q after %q", file, to, from)
+		}
+		text = text[:1+end]
 	}
-	var cmds []string
-	in := false
+	var cmds []docCommand
+	in, fenced, system := false, false, false
 	var cur strings.Builder
-	sc := bufio.NewScanner(strings.NewReader(text[start : start+1+end]))
+	sc := bufio.NewScanner(strings.NewReader(text))
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
-		case strings.HasPrefix(line, "```sh"):
-			in = true
+		case strings.HasPrefix(line, "```") && fenced:
+			fenced, in = false, false
 		case strings.HasPrefix(line, "```"):
-			in = false
+			info := strings.Fields(strings.TrimPrefix(line, "```"))
+			fenced = true
+			in = len(info) > 0 && info[0] == "sh"
+			system = len(info) > 1 && info[1] == "system"
 		case in && strings.TrimSpace(line) != "":
 			if strings.HasSuffix(line, `\`) {
 				cur.WriteString(strings.TrimSuffix(line, `\`))
 				continue
 			}
 			cur.WriteString(line)
-			cmds = append(cmds, curlFail(strings.Join(strings.Fields(cur.String()), " ")))
+			cmds = append(cmds, docCommand{curlFail(strings.Join(strings.Fields(cur.String()), " ")), system})
 			cur.Reset()
 		}
 	}
