@@ -109,6 +109,25 @@ func (p *Proc) Kill() {
 	})
 }
 
+// Wait waits up to timeout for the process to end by itself and returns
+// its exit error (nil for exit 0); after timeout it is killed and that is
+// an error.
+func (p *Proc) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.Kill()
+		return fmt.Errorf("%s still running after %s: killed", p.Name, timeout)
+	}
+	procs.Lock()
+	delete(procs.m, p)
+	procs.Unlock()
+	if p.err != nil {
+		return fmt.Errorf("%s: %w: %s", p.Name, p.err, p.Tail())
+	}
+	return nil
+}
+
 // StopAll stops every child still running.
 func StopAll() {
 	procs.Lock()

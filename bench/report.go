@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -43,7 +44,10 @@ type Section struct {
 	Raw     map[string]any `json:"raw,omitempty"`
 	// Rounds is how many times each of the scenario's figures was
 	// measured (the median is reported); 0 or 1: once, no spread.
-	Rounds  int     `json:"rounds,omitempty"`
+	Rounds int `json:"rounds,omitempty"`
+	// Spread is the min–max over the rounds of the figure the
+	// scenario's aims are about (set with SetSpread), for the README.
+	Spread  string  `json:"spread,omitempty"`
 	Skipped string  `json:"skipped,omitempty"`
 	Failed  string  `json:"failed,omitempty"`
 	Seconds float64 `json:"seconds"`
@@ -81,6 +85,17 @@ func (s *Section) Row(cells ...string) { s.Table = append(s.Table, cells) }
 // Note appends a note.
 func (s *Section) Note(format string, args ...any) {
 	s.Notes = append(s.Notes, fmt.Sprintf(format, args...))
+}
+
+// SetSpread records the min–max over the rounds of the scenario's
+// headline figure (what, e.g. "edge req/s").
+func (s *Section) SetSpread(what string, rounds []float64, format func(float64) string) {
+	if len(rounds) < 2 {
+		return
+	}
+	rs := append([]float64(nil), rounds...)
+	sort.Float64s(rs)
+	s.Spread = what + " " + format(rs[0]) + "–" + format(rs[len(rs)-1])
 }
 
 // Check records an aim: pass says whether value met it.

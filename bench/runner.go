@@ -86,6 +86,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		{"9", "Master on S3 (versitygw): backup lag and PUTs at the default flush", r.scenS3},
 		{"10", "Live watch: writers' PUBACK p99 with 100 watchers (10 stalled) vs none", r.scenWatch},
 		{"11", "Quotas: 49 devices at a normal rate and one flooding", r.scenQuota},
+		{"12", "Fleet: edges with simulated devices dialling out to two masters on S3; kill -9 of the lease holder", r.scenFleet},
 	}
 	start := time.Now()
 	for _, s := range scenarios {

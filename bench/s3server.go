@@ -148,20 +148,16 @@ type MasterStore struct {
 // StartIotkvMaster starts the built `iotkv master` (the real command, not
 // the harness's in-process "serve master") following the edge at edgeMQTT.
 func (r *Runner) StartIotkvMaster(ctx context.Context, edgeMQTT string, st MasterStore, snapshot time.Duration) (*Server, error) {
-	bin, err := r.iotkvBinary(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	n := serverSeq.Add(1)
 	label := fmt.Sprintf("iotkv-master-%d", n)
 	pw := filepath.Join(r.Work, label+".pw")
 	if err := os.WriteFile(pw, []byte(Password(MasterName)+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("master password file: %w", err)
 	}
-	addrFile := filepath.Join(r.Work, label+".addr")
 	args := []string{"master", "--certs", r.PKI.Certs, "--name", MasterName, "--password-file", pw,
 		"--accounts", r.PKI.Accounts, "--edges", EdgeID + "=" + edgeMQTT, "--http-addr", "127.0.0.1:0",
-		"--addr-file", addrFile, "--snapshot-interval", snapshot.String(), "--log-level", "warn"}
+		"--snapshot-interval", snapshot.String(), "--log-level", "warn"}
 	var env []string
 	data := ""
 	if st.S3 == nil {
@@ -174,7 +170,24 @@ func (r *Runner) StartIotkvMaster(ctx context.Context, edgeMQTT string, st Maste
 			"--flush-interval", st.FlushInterval.String(), "--flush-bytes", st.FlushBytes, "--lease-ttl", st.LeaseTTL.String())
 		env = st.S3.Env()
 	}
-	p, err := StartEnv(label, r.Work, env, bin, args...)
+	s, err := r.startIotkv(ctx, label, env, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.Name, s.Data = "iotkv master", data
+	return s, nil
+}
+
+// startIotkv runs the built `iotkv` with args and --addr-file, waits for
+// the addresses it reports and returns it as a Server (MQTT, HTTPS and
+// every other address in Extra).
+func (r *Runner) startIotkv(ctx context.Context, label string, env []string, args ...string) (*Server, error) {
+	bin, err := r.iotkvBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	addrFile := filepath.Join(r.Work, label+".addr")
+	p, err := StartEnv(label, r.Work, env, bin, append(args, "--addr-file", addrFile)...)
 	if err != nil {
 		return nil, err
 	}
@@ -188,5 +201,5 @@ func (r *Runner) StartIotkvMaster(ctx context.Context, edgeMQTT string, st Maste
 		p.Kill()
 		return nil, fmt.Errorf("%s addr file: %w", label, err)
 	}
-	return &Server{Name: "iotkv master", HTTPS: addrs["https"], Proc: p, Data: data, Extra: addrs}, nil
+	return &Server{Name: label, MQTT: addrs["mqtt"], HTTPS: addrs["https"], Proc: p, Extra: addrs}, nil
 }

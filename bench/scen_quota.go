@@ -172,6 +172,7 @@ func (r *Runner) scenQuota(ctx context.Context, sec *Section) error {
 	sec.Note("%s", roundsNote("49 devices without the flooder", "PUBACK p99", aloneP99, millis))
 	sec.Note("%s", roundsNote("49 devices with the flooder", "PUBACK p99", withP99, millis))
 	sec.Note("%s", roundsNote("p99 with ÷ without, round by round", "ratio", ratios, func(v float64) string { return fmt.Sprintf("%.2f×", v) }))
+	sec.SetSpread("p99 ratio per round", ratios, func(v float64) string { return fmt.Sprintf("%.2f×", v) })
 	sec.Note("%s", checkNote(checksAlone, "batches of the 49 devices without the flooder", "the sum of their last_seq in the edge's /v1/devices"))
 	sec.Note("%s", checkNote(checksWith, "batches of the 49 devices with the flooder", "the sum of their last_seq in the edge's /v1/devices"))
 	if sizes := last.sizes; len(sizes) >= 2 {

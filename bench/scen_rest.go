@@ -112,6 +112,7 @@ func (r *Runner) scenREST(ctx context.Context, sec *Section) error {
 	for i, t := range targets {
 		sec.Note("%s", roundsNote(t.name, "req/s", reqs[i], perS(1)))
 	}
+	sec.SetSpread("edge req/s", reqs[1], perS(1))
 	x := ratio(cached.ReqPerS, base.ReqPerS)
 	sec.Check("REST GET ≥ 0.8× plain net/http", x, x >= 0.8, "%.2f× (%s vs %s req/s)", x, fmtRate(cached.ReqPerS), fmtRate(base.ReqPerS))
 	sec.Note("Without the cache every request pays a cost-12 bcrypt check: %s req/s (%.4f× the baseline), p99 %.0f ms.", fmtRate(uncached.ReqPerS), ratio(uncached.ReqPerS, base.ReqPerS), uncached.P99ms)
@@ -275,6 +276,7 @@ func (r *Runner) scenLatency(ctx context.Context, sec *Section) error {
 	sec.Rounds = r.rounds()
 	sec.Note("%s", roundsNote("idle", "p99", idleP99s, millis))
 	sec.Note("%s", roundsNote("50% of max", "p99", loadedP99s, millis))
+	sec.SetSpread("p99", loadedP99s, millis)
 	if loaded.Len() < 1000 {
 		sec.Note("p999 from %d samples is only indicative.", loaded.Len())
 	}

@@ -146,6 +146,7 @@ func (r *Runner) scenS3(ctx context.Context, sec *Section) error {
 	sec.Note("%d round(s), each measuring both stores afresh (a new edge and master each, the S3 master under its own prefix bench-N); each column is the median round by lag p99, so the S3 column's other rows are of that round.", r.rounds())
 	sec.Note("%s", roundsNote("local --data", "lag p99", localP99s, ms))
 	sec.Note("%s", roundsNote("S3", "lag p99", remoteP99s, ms))
+	sec.SetSpread("S3 lag p99", remoteP99s, ms)
 	sec.Note("%s", roundsNote("S3", "PUTs per second per edge", putRounds, func(v float64) string { return fmt.Sprintf("%.2f", v) }))
 	sec.Note("%s", checkNote(localChecks, "batches (local --data)", "the sum of last_seq over the 50 loading devices in the edge's /v1/devices"))
 	sec.Note("%s", checkNote(remoteChecks, "batches (S3)", "the sum of last_seq over the 50 loading devices in the edge's /v1/devices"))

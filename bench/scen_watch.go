@@ -136,6 +136,12 @@ func (r *Runner) scenWatch(ctx context.Context, sec *Section) error {
 			m["iotkv_watch_events_total"], m["iotkv_watch_overflows_total"], m["iotkv_watchers"], float64(ws.bytes.Load())/(1<<20))
 		sec.Raw["watch_metrics"] = map[string]float64{"events": m["iotkv_watch_events_total"], "overflows": m["iotkv_watch_overflows_total"], "open": m["iotkv_watchers"]}
 	}
+	var ratios []float64 // round by round: the two edges are loaded in turn
+	for i := range min(len(with.RoundsP99), len(none.RoundsP99)) {
+		ratios = append(ratios, ratio(with.RoundsP99[i], none.RoundsP99[i]))
+	}
+	sec.Note("%s", roundsNote("p99 with ÷ without, round by round", "ratio", ratios, func(v float64) string { return fmt.Sprintf("%.2f×", v) }))
+	sec.SetSpread("p99 ratio per round", ratios, func(v float64) string { return fmt.Sprintf("%.2f×", v) })
 	sec.Check("PUBACK p99 with 100 watchers ≤ 1.5× without", x, x <= 1.5, "%.2f× (%.1f ms vs %.1f ms)", x, with.P99ms, none.P99ms)
 	sec.Raw["results"] = map[string]LoadResult{"no_watchers": none, "watchers": with}
 	return nil

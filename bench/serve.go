@@ -42,6 +42,7 @@ func Serve(kind string, args []string) error {
 	quotaKeys := fs.Int64("quota-keys", -1, "edge: most keys per device (-1: no limit)")
 	quotaBytes := fs.Int64("quota-bytes", -1, "edge: most stored bytes per device (-1: no limit)")
 	rateOps := fs.Int64("rate-ops", -1, "edge: ops per second per device (-1: no limit)")
+	maxLag := fs.Duration("max-backup-lag", 0, "edge: slow writers to keep the master within this lag (0: never)")
 	readsBeforeSync := fs.Bool("reads-before-sync", false, "edge: reads see groups before their fsync (to measure what durable reads cost)")
 	snapshot := fs.Duration("snapshot-interval", 2*time.Second, "master: snapshot interval")
 	if err := fs.Parse(args); err != nil {
@@ -76,8 +77,9 @@ func Serve(kind string, args []string) error {
 			ID: EdgeID, DataDir: *data, TLSFiles: paths, Accounts: *acc,
 			MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AuthCacheSize: *authCache,
 			MaxClients: 20_000, Logger: log, ReadsBeforeSync: *readsBeforeSync,
-			Quota: edge.QuotaOptions{Keys: *quotaKeys, Bytes: *quotaBytes, RateOps: *rateOps},
-			Watch: edge.WatchOptions{MaxPerAccount: 1000}, // scenario 10 opens 100 watchers as one account
+			Backup: edge.BackupOptions{MaxLag: *maxLag},
+			Quota:  edge.QuotaOptions{Keys: *quotaKeys, Bytes: *quotaBytes, RateOps: *rateOps},
+			Watch:  edge.WatchOptions{MaxPerAccount: 1000}, // scenario 10 opens 100 watchers as one account
 		})
 		if err != nil {
 			return err

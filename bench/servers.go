@@ -63,14 +63,14 @@ func (r *Runner) serveChild(ctx context.Context, kind string, extra ...string) (
 }
 
 // StartEdge starts an edge on data (a fresh dir when empty).
-func (r *Runner) StartEdge(ctx context.Context, data string, authCache int) (*Server, error) {
+func (r *Runner) StartEdge(ctx context.Context, data string, authCache int, extra ...string) (*Server, error) {
 	if data == "" {
 		var err error
 		if data, err = os.MkdirTemp(r.Work, "edge-data-"); err != nil {
 			return nil, fmt.Errorf("edge data: %w", err)
 		}
 	}
-	s, err := r.serveChild(ctx, "edge", "--accounts", r.PKI.Accounts, "--data", data, "--auth-cache", fmt.Sprint(authCache))
+	s, err := r.serveChild(ctx, "edge", append([]string{"--accounts", r.PKI.Accounts, "--data", data, "--auth-cache", fmt.Sprint(authCache)}, extra...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -98,7 +98,7 @@ func BenchmarkApply(b *testing.B) {
 			}
 			defer store.Close()
 			var groups atomic.Int64
-			c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, func(committed) { groups.Add(1) })
+			c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, func(committed) { groups.Add(1) }, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

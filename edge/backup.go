@@ -40,6 +40,11 @@ type BackupOptions struct {
 	HelloInterval time.Duration // default 1s
 	// SessionTimeout ends a session whose master stopped confirming.
 	SessionTimeout time.Duration // default 30s
+	// MaxLag, when set, slows writers so that the master following the
+	// change stream stays within it (lag.go): the committer holds the next
+	// group while the oldest unconfirmed change is older. Zero: writers are
+	// never slowed; the change log absorbs what the master has not taken.
+	MaxLag time.Duration
 }
 
 func (o *BackupOptions) setDefaults() {
@@ -104,6 +109,8 @@ type backup struct {
 	confirmed uint64
 	sess      *session
 	head      *logEntry // the change at first, when known: trims skip reading it again
+
+	gate *lagGate // nil: no MaxLag
 }
 
 type inbound struct {
@@ -140,6 +147,11 @@ func newBackup(id string, store *Store, log *slog.Logger, opts BackupOptions, hi
 	var err error
 	if b.m, err = newBackupMetrics(reg); err != nil {
 		return nil, err
+	}
+	if opts.MaxLag > 0 {
+		if b.gate, err = newLagGate(opts.MaxLag, reg); err != nil {
+			return nil, err
+		}
 	}
 	last, err := store.lastChangeSeq()
 	if err != nil {
@@ -196,6 +208,9 @@ func (b *backup) committed(c committed) {
 		return
 	}
 	b.last.Store(c.changes[len(c.changes)-1].Seq)
+	if b.gate != nil {
+		b.gate.committed(c.changes[len(c.changes)-1].Seq)
+	}
 	b.logBytes.Add(c.logBytes)
 	b.indexBytes.Add(c.indexBytes)
 	b.m.logChanges.Add(float64(len(c.changes)))
@@ -274,6 +289,10 @@ func (b *backup) loop() {
 		if err := b.pump(); err != nil {
 			b.log.Error("backup stream stopped", "err", err)
 			b.endSession()
+		}
+		if b.gate != nil {
+			b.gate.confirmed(b.confirmed)
+			b.gate.follows.Store(b.sess != nil && b.sess.snap == nil)
 		}
 	}
 }
@@ -362,6 +381,9 @@ func (b *backup) endSession() {
 		b.sess.snap.close()
 	}
 	b.sess = nil
+	if b.gate != nil {
+		b.gate.follows.Store(false)
+	}
 }
 
 // pump publishes while the window has room.

@@ -66,12 +66,16 @@ type committer struct {
 	now      func() time.Time
 	metrics  *commitMetrics
 	quotas   *quotas
-	rate     *rateLimiter // shared with ingest and REST, which check it
+	// hold, when set, runs before each group and may wait (the backup
+	// lag gate); it returns when quit is closed.
+	hold func(quit <-chan struct{})
+	rate *rateLimiter // shared with ingest and REST, which check it
 
 	mu     sync.RWMutex // guards closed against Submit; held shared while sending
 	closed bool
 	reqs   chan *writeReq
-	syncq  chan *group // applied groups waiting for their fsync, in order
+	syncq  chan *group   // applied groups waiting for their fsync, in order
+	quit   chan struct{} // closed by close: a held loop goes on
 	done   chan struct{}
 
 	// Owned by the loop goroutine.
@@ -82,8 +86,9 @@ type committer struct {
 	failed atomic.Bool // set by the first failed commit; see loop
 }
 
-func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q QuotaOptions, onCommit func(committed)) (*committer, error) {
+func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q QuotaOptions, onCommit func(committed), hold func(quit <-chan struct{})) (*committer, error) {
 	c := &committer{
+		hold:     hold,
 		quotas:   newQuotas(q),
 		rate:     newRateLimiter(q.withDefaults().RateOps),
 		store:    store,
@@ -93,6 +98,7 @@ func newCommitter(store *Store, log *slog.Logger, reg prometheus.Registerer, q Q
 		now:      time.Now,
 		reqs:     make(chan *writeReq, 4096),
 		syncq:    make(chan *group, 8),
+		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 		devs:     make(map[string]devState),
 	}
@@ -145,6 +151,7 @@ func (c *committer) close() {
 	c.mu.Lock()
 	if !c.closed {
 		c.closed = true
+		close(c.quit)
 		close(c.reqs)
 	}
 	c.mu.Unlock()
@@ -180,6 +187,9 @@ type group struct {
 func (c *committer) loop() {
 	defer close(c.syncq)
 	for first := range c.reqs {
+		if c.hold != nil {
+			c.hold(c.quit)
+		}
 		reqs := []*writeReq{first}
 		ops := len(first.ops)
 	drain:

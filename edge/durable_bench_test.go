@@ -21,7 +21,7 @@ func BenchmarkDurableGet(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer store.Close()
-	c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, nil)
+	c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -192,7 +192,11 @@ func Open(opts Options) (_ *Edge, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.c, err = newCommitter(e.store, e.log, reg, opts.Quota, e.committed)
+	var hold func(<-chan struct{})
+	if e.backup.gate != nil {
+		hold = e.backup.gate.wait
+	}
+	e.c, err = newCommitter(e.store, e.log, reg, opts.Quota, e.committed, hold)
 	if err != nil {
 		return nil, err
 	}

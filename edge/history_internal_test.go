@@ -33,7 +33,7 @@ func newHistoryRig(t *testing.T, bo BackupOptions, ho HistoryOptions) *historyRi
 		t.Fatal(err)
 	}
 	r := &historyRig{store: store, b: b, clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	r.c, err = newCommitter(store, discardLogger(), reg, QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, b.committed)
+	r.c, err = newCommitter(store, discardLogger(), reg, QuotaOptions{Keys: -1, Bytes: -1, RateOps: -1}, b.committed, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

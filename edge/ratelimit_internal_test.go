@@ -57,7 +57,7 @@ func TestIngestRefusesOverRateUnreadAndInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: 1}, nil)
+	c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), QuotaOptions{Keys: -1, Bytes: -1, RateOps: 1}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

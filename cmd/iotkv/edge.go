@@ -100,6 +100,7 @@ func parseEdge(args []string, stdout io.Writer) (*edgeConfig, *flag.FlagSet, err
 	quotaBytesS := fs.String("quota-bytes", "256MiB", "most stored key+value bytes per device (B, KiB, MiB, GiB; 0: no limit)")
 	rateOps := fs.Int64("rate-ops", edge.DefaultRateOps, "sustained ops per second per device, with a burst of 10 s of them (0: no limit)")
 	retainAge := fs.Duration("backup-retain-age", 24*time.Hour, "oldest change the change log keeps for the master")
+	maxLag := fs.Duration("max-backup-lag", 0, "slow writers so that the master following the backup stream stays within this lag, e.g. 1s (0: never slow writers)")
 	histRetain := &durationValue{7 * 24 * time.Hour}
 	fs.Var(histRetain, "history-retain", "how long the history of every key is kept (GET /v1/history), e.g. 7d; 0 turns history off")
 	histBytes := &bytesValue{1 << 30}
@@ -203,7 +204,7 @@ func parseEdge(args []string, stdout io.Writer) (*edgeConfig, *flag.FlagSet, err
 		MaxPacketSize: uint32(*maxPacket), ConnectTimeout: *connectTimeout,
 		MaxClients: *maxClients, MaxKeepalive: uint16(min(*maxKeepalive, 65535)),
 		MemTableSize: *memtable << 20,
-		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge},
+		Backup:       edge.BackupOptions{RetainChanges: *retainChanges, RetainBytes: *retainBytes, RetainAge: *retainAge, MaxLag: *maxLag},
 		DialOut:      dial,
 		Quota:        edge.QuotaOptions{Keys: noLimit(*quotaKeys), Bytes: noLimit(int64(quotaBytes)), RateOps: noLimit(*rateOps)},
 		History:      edge.HistoryOptions{Off: histRetain.d == 0, Retain: histRetain.d, MaxBytes: histBytes.n},

@@ -81,7 +81,7 @@ func TestEveryFlagDoesSomething(t *testing.T) {
 			"force":                 {With: restore},
 			"s3-endpoint":           {Value: "http://127.0.0.1:9000", With: []string{"--restore-from", "s3://bkt/p"}},
 			"s3-region":             {Value: "eu-west-1", With: []string{"--restore-from", "s3://bkt/p"}},
-			"backup-retain-changes": {Value: "10"}, "backup-retain-bytes": {Value: "1000"}, "backup-retain-age": {Value: "1h"},
+			"backup-retain-changes": {Value: "10"}, "backup-retain-bytes": {Value: "1000"}, "backup-retain-age": {Value: "1h"}, "max-backup-lag": {Value: "2s"},
 			"master":     {Value: "mqtts://localhost:8884"},
 			"quota-keys": {Value: "5"}, "quota-bytes": {Value: "1MiB"}, "rate-ops": {Value: "5"},
 			"history-retain": {Value: "1d"}, "history-max-bytes": {Value: "2GiB"},
