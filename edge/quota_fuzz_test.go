@@ -174,7 +174,7 @@ func openQuotaRig(t *testing.T, dir string, now func() time.Time) (*Store, *comm
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), quotaFuzzOptions, nil)
+	c, err := newCommitter(store, discardLogger(), prometheus.NewRegistry(), quotaFuzzOptions, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
