@@ -28,17 +28,7 @@ var quotaFuzzOptions = QuotaOptions{Keys: 6, Bytes: 700, RateOps: 5}
 // its records (the function a restore and an upgrade use), and no device
 // may hold more than its quotas; the same after a restart.
 func FuzzQuotaCounters(f *testing.F) {
-	for _, seed := range [][]byte{
-		{0, 1, 40, 0, 6},                         // one put, settle
-		{0, 3, 1, 90, 0, 2, 95, 3, 100, 0, 6},    // a batch of three, settle
-		{0, 1, 1, 60, 1, 7, 3, 7, 3, 0, 1, 0, 6}, // a put with a ttl, expiry, a put again
-		{2, 3, 0x81, 2, 10, 0x83, 6, 4, 6},       // deletes in a batch, a resend
-		{0, 1, 2, 50, 0, 0, 1, 3, 50, 0, 0, 1, 4, 50, 0, 0, 1, 5, 50, 0, 0, 1, 6, 50, 0, 0, 1, 7, 50, 0, 6}, // to the key quota
-		{0x80, 1, 1, 255, 0, 0x81, 1, 2, 255, 0, 0x82, 1, 3, 255, 0, 6, 5, 6},                               // the byte quota, an invalid batch
-		{3, 9, 20, 3, 0x89, 6, 0x83, 0x81, 6},                                                               // kv-topic put and delete
-		{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6, 7, 3, 0, 0, 6},                                  // over the rate, then refilled
-		{0, 2, 1, 80, 1, 1, 200, 1, 6, 7, 1, 7, 2, 7, 3, 0, 2, 1, 10, 0, 0x81, 6},                           // overwrite with ttl, expiry, recreate and delete in one batch
-	} {
+	for _, seed := range quotaSeeds() {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -47,6 +37,83 @@ func FuzzQuotaCounters(f *testing.F) {
 		}
 		runQuotaSequence(t, data)
 	})
+}
+
+// quotaSeq builds inputs of FuzzQuotaCounters step by step, in the
+// encoding runQuotaSequence reads.
+type quotaSeq []byte
+
+type qop struct {
+	key  byte // 0..7
+	del  bool
+	size byte // value length
+	ttl  byte // seconds, 0: none (at most 4)
+}
+
+func (s quotaSeq) batch(dev byte, ops ...qop) quotaSeq {
+	s = append(s, dev<<7, byte(len(ops)-1))
+	for _, o := range ops {
+		if o.del {
+			s = append(s, 0x80|o.key)
+			continue
+		}
+		ttl := byte(0)
+		if o.ttl > 0 {
+			ttl = 1 | (o.ttl-1)<<6
+		}
+		s = append(s, o.key, o.size, ttl)
+	}
+	return s
+}
+func (s quotaSeq) kv(dev, key byte, del bool) quotaSeq {
+	if del {
+		key |= 0x80
+	}
+	return append(s, dev<<7|3, key)
+}
+func (s quotaSeq) resend(dev byte) quotaSeq  { return append(s, dev<<7|4) }
+func (s quotaSeq) invalid(dev byte) quotaSeq { return append(s, dev<<7|5) }
+func (s quotaSeq) settle() quotaSeq          { return append(s, 6) }
+func (s quotaSeq) later(sec byte) quotaSeq   { return append(s, 7, sec) }
+
+func qput(key, size byte) qop         { return qop{key: key, size: size} }
+func qputTTL(key, size, ttl byte) qop { return qop{key: key, size: size, ttl: ttl} }
+func qdel(key byte) qop               { return qop{key: key, del: true} }
+
+// quotaSeeds reach each path: the key quota, the byte quota, the rate,
+// expiry (swept, overwritten and deleted before it), one key several
+// times in a batch and in a group, duplicates, invalid batches, kv-topic
+// messages, two devices.
+func quotaSeeds() [][]byte {
+	var keyQuota, byteQuota, rate, ttl, mixed quotaSeq
+	keyQuota = keyQuota.batch(0, qput(0, 5), qput(1, 5), qput(2, 5), qput(3, 5)).
+		batch(0, qput(4, 5), qput(5, 5), qput(6, 5)). // the 7th key: refused whole
+		settle().batch(0, qput(4, 5), qput(5, 5)).    // exactly 6
+		batch(0, qdel(0), qput(6, 5)).                // a delete makes room
+		batch(0, qput(7, 5)).settle().                // refused
+		kv(0, 7, false).kv(0, 1, true).kv(0, 7, false).settle()
+	byteQuota = byteQuota.batch(1, qput(0, 200), qput(1, 200)).
+		batch(1, qput(2, 200)). // over 700 bytes: refused
+		batch(1, qput(1, 10), qput(2, 200)).settle().
+		batch(1, qput(0, 255)). // grows an existing key past the quota
+		batch(1, qput(0, 1)).settle()
+	for range 14 { // 56 ops: over the bucket of 50
+		rate = rate.batch(0, qput(0, 1), qput(1, 2), qput(2, 3), qput(3, 4))
+	}
+	rate = rate.settle().invalid(0).resend(0).later(3).
+		batch(0, qput(4, 9)).settle().resend(0).settle()
+	ttl = ttl.batch(0, qputTTL(0, 30, 1), qputTTL(1, 30, 2), qputTTL(2, 30, 4), qput(3, 30)).settle().
+		batch(0, qput(1, 40)). // permanent again
+		batch(0, qdel(2)).later(1).later(2).
+		batch(0, qputTTL(2, 30, 1), qputTTL(2, 60, 1)).later(3).
+		batch(0, qputTTL(5, 30, 1)).settle().later(0).settle()
+	mixed = mixed.batch(0, qput(0, 10), qput(0, 100), qdel(0), qput(0, 20)).
+		batch(1, qput(0, 10), qdel(0)).
+		batch(0, qput(0, 30)).resend(0).resend(1).invalid(1).
+		batch(1, qputTTL(1, 50, 1), qput(2, 50)).kv(1, 2, true).
+		batch(0, qdel(0), qdel(1), qput(2, 250), qput(3, 250)).settle().later(2).
+		batch(0, qput(2, 1), qput(3, 1), qput(4, 250)).settle()
+	return [][]byte{keyQuota, byteQuota, rate, ttl, mixed}
 }
 
 func runQuotaSequence(t *testing.T, data []byte) {
