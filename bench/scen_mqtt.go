@@ -221,10 +221,11 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	for name, out := range outs {
 		res[name] = out[w]
 	}
-	pk, err := r.rawPebble(ctx, 50, r.dur(2*time.Second, 10*time.Second))
+	pks, err := inRounds(r.rounds(), func(int) (float64, error) { return r.rawPebble(ctx, 50, r.dur(2*time.Second, 10*time.Second)) })
 	if err != nil {
 		return err
 	}
+	pk, pkRounds := medianRound(pks, func(v float64) float64 { return v })
 	e, mq := res["iotkv edge"], res["mosquitto"]
 	edgeOps := e.MsgsPerS * opsPerBatch
 	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
@@ -248,6 +249,7 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 			sec.Note("%s", roundsNote(name, "msgs/s", v.Rounds, perS(1)))
 		}
 	}
+	sec.Note("%s", roundsNote("raw Pebble (a fresh store each round, after the brokers)", "keys/s", pkRounds, perS(1)))
 	sec.Note("%s", checkNote(e.Checks, "batches", "the sum of last_seq over the 50 devices in the edge's /v1/devices"))
 	if n := applied.Load(); n > 0 {
 		sec.Note("After the last round the edge's /v1/devices reports %d batches applied in all for the 50 devices (warm-up and every round).", n)
@@ -255,12 +257,12 @@ func (r *Runner) scenIngest(ctx context.Context, sec *Section) error {
 	sec.Rounds = r.rounds()
 	if mq.MsgsPerS > 0 {
 		x := ratio(edgeOps, mq.MsgsPerS)
-		sec.Check("key-ops/s ≥ 10× mosquitto's QoS 1 msgs/s", x, x >= 10, "%.1f× (%s key-ops/s vs %s msgs/s)", x, fmtRate(edgeOps), fmtRate(mq.MsgsPerS))
+		sec.Check("key-ops/s ≥ 12× mosquitto's QoS 1 msgs/s", x, x >= 12, "%.1f× (%s key-ops/s vs %s msgs/s)", x, fmtRate(edgeOps), fmtRate(mq.MsgsPerS))
 	}
 	x := ratio(edgeOps, pk)
-	sec.Check("key-ops/s ≥ 0.7× raw Pebble synced batches", x, x >= 0.7, "%.2f× (%s vs %s keys/s)", x, fmtRate(edgeOps), fmtRate(pk))
+	sec.Check("key-ops/s ≥ 0.6× raw Pebble synced batches", x, x >= 0.6, "%.2f× (%s vs %s keys/s)", x, fmtRate(edgeOps), fmtRate(pk))
 	sec.Raw["results"] = res
-	sec.Raw["raw_pebble_keys_per_s"] = pk
+	sec.Raw["raw_pebble_keys_per_s"], sec.Raw["raw_pebble_rounds_keys_per_s"] = pk, pkRounds
 	labels, vals := []string{}, []float64{}
 	for _, name := range []string{"iotkv edge", "mosquitto", "bare mochi"} {
 		if v, ok := res[name]; ok {
@@ -435,14 +437,28 @@ func (r *Runner) scenKV(ctx context.Context, sec *Section) error {
 		sec.Note("%s", checkNote(e[w].Checks, fmt.Sprintf("messages (%d in flight)", w), "the edge's iotkv_ops_applied_total"))
 	}
 	sec.Rounds = r.rounds()
+	// With one message in flight per device every round trip waits for an
+	// fsync, so the disk sets a ceiling: what one fsync costs here, now.
+	fls, err := inRounds(r.rounds(), func(int) (FsyncLatency, error) { return measureFsync(r.Work, r.dur(time.Second, 3*time.Second)) })
+	if err != nil {
+		return err
+	}
+	fl, flRounds := medianRound(fls, func(x FsyncLatency) float64 { return x.PerSecOK })
+	ceiling := float64(len(devs)) * fl.PerSecOK
+	sec.Note("This disk, in this run: 4 KiB append + fdatasync back to back in the bench's work directory, %.0f syncs/s (mean %.2f ms; p50 %.2f ms, p99 %.2f ms; %d syncs). With 1 in flight each of the %d devices waits for at least one fsync per message, so even if every fsync carried all %d the edge could ack at most %d × %.0f = %s msgs/s; it reached %s (%.2f× that ceiling). mosquitto and bare mochi never wait for the disk.",
+		fl.PerSecOK, 1000/fl.PerSecOK, fl.P50ms, fl.P99ms, fl.N, len(devs), len(devs), len(devs), fl.PerSecOK, fmtRate(ceiling), fmtRate(e[1].MsgsPerS), ratio(e[1].MsgsPerS, ceiling))
+	sec.Note("%s", roundsNote("fsync probe", "syncs/s", flRounds, func(v float64) string { return fmt.Sprintf("%.0f", v) }))
+	sec.Raw["fsync"], sec.Raw["fsync_rounds_per_s"] = fl, flRounds
+	aims := map[int]struct{ nats, mosquitto float64 }{1: {10, 0.5}, 16: {15, 0.8}}
 	for _, w := range levels {
+		aim := aims[w]
 		if n, ok := res["NATS (JetStream sync always)"]; ok {
 			x := ratio(e[w].MsgsPerS, n[w].MsgsPerS)
-			sec.Check(fmt.Sprintf("%d in flight: ≥ 10× NATS sync-always", w), x, x >= 10, "%.1f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(n[w].MsgsPerS))
+			sec.Check(fmt.Sprintf("%d in flight: ≥ %g× NATS sync-always", w, aim.nats), x, x >= aim.nats, "%.1f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(n[w].MsgsPerS))
 		}
 		if mq, ok := res["mosquitto"]; ok {
 			x := ratio(e[w].MsgsPerS, mq[w].MsgsPerS)
-			sec.Check(fmt.Sprintf("%d in flight: ≥ 0.8× mosquitto", w), x, x >= 0.8, "%.2f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(mq[w].MsgsPerS))
+			sec.Check(fmt.Sprintf("%d in flight: ≥ %g× mosquitto", w, aim.mosquitto), x, x >= aim.mosquitto, "%.2f× (%s vs %s msgs/s)", x, fmtRate(e[w].MsgsPerS), fmtRate(mq[w].MsgsPerS))
 		}
 	}
 	sec.Raw["results"] = res

@@ -11,11 +11,12 @@ NFPM=github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.48.0
 # git describe, made a Debian/semver version: v1.2.3 -> 1.2.3,
 # v1.2.3-4-gabc -> 1.2.3+4.gabc; without a tag 0.0.0+gabc; .dirty marks
 # uncommitted changes.
-desc=$(git describe --tags --always --dirty)
-case $desc in
-v[0-9]* | [0-9]*) version=$(printf %s "${desc#v}" | sed -e 's/-/+/' -e 's/-/./g') ;;
-*) version="0.0.0+g$(printf %s "$desc" | sed -e 's/-/./g')" ;;
-esac
+# (Only a tag counts: an abbreviated hash may start with a digit too.)
+if desc=$(git describe --tags --dirty --match 'v[0-9]*' 2>/dev/null); then
+	version=$(printf %s "${desc#v}" | sed -e 's/-/+/' -e 's/-/./g')
+else
+	version="0.0.0+g$(git describe --always --dirty | sed -e 's/-/./g')"
+fi
 echo "release $version"
 
 rm -rf dist build/release build/pkg

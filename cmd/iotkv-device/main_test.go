@@ -527,4 +527,19 @@ func TestDeviceConfigFile(t *testing.T) {
 			t.Errorf("--print-config lacks %q:\n%s", want, out)
 		}
 	}
+	// A misspelt key is refused with exit 2, naming the file, line and key.
+	typo := filepath.Join(t.TempDir(), "device.yaml")
+	if err := os.WriteFile(typo, []byte("name: sensor1\nwindwo: 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin, "put", "--config", typo, "k", "1")
+	msg, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 2 {
+		t.Fatalf("a config file with a misspelt key: exit %d, want 2:\n%s", cmd.ProcessState.ExitCode(), msg)
+	}
+	for _, want := range []string{typo, "line 2", "windwo"} {
+		if !strings.Contains(string(msg), want) {
+			t.Errorf("the error does not name %q:\n%s", want, msg)
+		}
+	}
 }

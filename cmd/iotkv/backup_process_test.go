@@ -46,6 +46,48 @@ func startServerProc(t *testing.T, client *http.Client, name string, args ...str
 // environment (the AWS_* variables of a master on S3).
 func startServerProcEnv(t *testing.T, client *http.Client, name string, env []string, args ...string) *serverProc {
 	t.Helper()
+	s, addrFile := launchServerProc(t, name, env, args...)
+	c := *client
+	c.Timeout = time.Second
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-s.exited:
+			t.Fatalf("%s exited before it was ready: %v", name, s.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s was not ready within 60s", name)
+		}
+		if s.addrs == nil {
+			s.readAddrs(t, addrFile)
+		}
+		if s.addrs != nil {
+			if resp, err := c.Get("https://" + s.addrs["https"] + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return s
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // polling: the child tells us nothing else
+	}
+}
+
+// readAddrs sets s.addrs from addrFile once the server has written it.
+func (s *serverProc) readAddrs(t *testing.T, addrFile string) {
+	t.Helper()
+	if data, err := os.ReadFile(addrFile); err == nil {
+		if err := json.Unmarshal(data, &s.addrs); err != nil {
+			t.Fatalf("%s --addr-file %s: %v: %s", s.name, addrFile, err, data)
+		}
+	}
+}
+
+// launchServerProc starts iotkv with args plus --addr-file (returned) and
+// does not wait for anything.
+func launchServerProc(t *testing.T, name string, env []string, args ...string) (*serverProc, string) {
+	t.Helper()
 	addrFile := filepath.Join(t.TempDir(), name+"-addrs.json")
 	s := &serverProc{name: name, out: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(iotkvBin, append(args, "--addr-file", addrFile, "--log-level", "debug")...)
@@ -72,35 +114,7 @@ func startServerProcEnv(t *testing.T, client *http.Client, name string, env []st
 			t.Logf("%s output (pid %d):\n%s", name, s.cmd.Process.Pid, out)
 		}
 	})
-	c := *client
-	c.Timeout = time.Second
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-s.exited:
-			t.Fatalf("%s exited before it was ready: %v", name, s.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s was not ready within 60s", name)
-		}
-		if s.addrs == nil {
-			if data, err := os.ReadFile(addrFile); err == nil {
-				if err := json.Unmarshal(data, &s.addrs); err != nil {
-					t.Fatalf("%s --addr-file %s: %v: %s", name, addrFile, err, data)
-				}
-			}
-		}
-		if s.addrs != nil {
-			if resp, err := c.Get("https://" + s.addrs["https"] + "/readyz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					return s
-				}
-			}
-		}
-		time.Sleep(20 * time.Millisecond) // polling: the child tells us nothing else
-	}
+	return s, addrFile
 }
 
 // backupValue is what one key holds: its value as compact JSON and its ts.
