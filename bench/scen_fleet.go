@@ -156,8 +156,11 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	// key back (--verify) and exit.
 	startBudget, warm, window, tail := r.dur(10*time.Second, 60*time.Second), r.dur(3*time.Second, 10*time.Second),
 		r.dur(12*time.Second, 45*time.Second), r.dur(30*time.Second, 35*time.Second)
+	// The window is measured r.rounds() times, back to back on the same
+	// fleet; the figures are the median window's.
+	rounds := r.rounds()
 	loadStart := time.Now()
-	loadEnd := loadStart.Add(startBudget + warm + window + tail)
+	loadEnd := loadStart.Add(startBudget + warm + time.Duration(rounds)*window + tail)
 	sims := make([]*Proc, nEdges)
 	for i, e := range edges {
 		d := time.Until(loadEnd).Round(time.Second)
@@ -178,7 +181,7 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	connectSecs := time.Since(loadStart).Seconds()
 	// The kill needs the load running: the join, the lease holders, a
 	// takeover of up to TTL + TTL/2 + TTL/3, then writes after it.
-	if left := time.Until(loadEnd) - warm - window; left < 2*fleetLeaseTTL+2*time.Second {
+	if left := time.Until(loadEnd) - warm - time.Duration(rounds)*window; left < 2*fleetLeaseTTL+2*time.Second {
 		return fmt.Errorf("the devices took %.0f s to connect (budget %s): only %s of load would be left after the window for the kill", connectSecs, startBudget, left.Round(time.Second))
 	}
 	r.Log.Info("fleet devices connected", "edges", nEdges, "devices", nEdges*nDev, "took_s", connectSecs)
@@ -214,46 +217,58 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 		}
 		return s, nil
 	}
-	w0, err := take()
+	// One window: both masters' metrics and CPU, every edge's applied ops.
+	type fleetWindow struct {
+		at0, at1  time.Time
+		secs      float64
+		res       []fleetEdgeResult
+		simCPU    float64
+		masterCPU []float64
+		puts      map[string]float64
+		requests  float64
+	}
+	windows, err := inRounds(rounds, func(int) (fleetWindow, error) {
+		w0, err := take()
+		if err != nil {
+			return fleetWindow{}, err
+		}
+		if err := sleepCtx(ctx, window); err != nil {
+			return fleetWindow{}, err
+		}
+		w1, err := take()
+		if err != nil {
+			return fleetWindow{}, err
+		}
+		fw := fleetWindow{at0: w0.at, at1: w1.at, secs: w1.at.Sub(w0.at).Seconds(), res: make([]fleetEdgeResult, nEdges), puts: map[string]float64{}}
+		for i, e := range edges {
+			k := len(masters) + i
+			fw.res[i] = fleetEdgeResult{Edge: ids[i], RSS: e.Mem().RSS,
+				OpsPerS: (w1.metrics[k]["iotkv_ops_applied_total"] - w0.metrics[k]["iotkv_ops_applied_total"]) / fw.secs,
+				CPU:     (w1.cpu[k] - w0.cpu[k]).Seconds() / fw.secs}
+		}
+		for k := len(masters) + nEdges; k < len(all); k++ {
+			fw.simCPU += (w1.cpu[k] - w0.cpu[k]).Seconds() / fw.secs
+		}
+		for i := range masters {
+			fw.masterCPU = append(fw.masterCPU, (w1.cpu[i]-w0.cpu[i]).Seconds()/fw.secs)
+			for k, v := range w1.metrics[i] {
+				if !strings.HasPrefix(k, "iotkv_s3_requests_total{") {
+					continue
+				}
+				fw.requests += v - w0.metrics[i][k]
+				if kind := label(k, "kind"); strings.HasPrefix(kind, "put_") {
+					fw.puts[kind] += v - w0.metrics[i][k]
+				}
+			}
+		}
+		return fw, nil
+	})
 	if err != nil {
 		return err
 	}
-	if err := sleepCtx(ctx, window); err != nil {
-		return err
-	}
-	w1, err := take()
-	if err != nil {
-		return err
-	}
-	secs := w1.at.Sub(w0.at).Seconds()
 	masterMem := make([]Mem, len(masters))
 	for i, m := range masters {
 		masterMem[i] = m.Mem()
-	}
-	res := make([]fleetEdgeResult, nEdges)
-	for i, e := range edges {
-		k := len(masters) + i
-		res[i] = fleetEdgeResult{Edge: ids[i], RSS: e.Mem().RSS,
-			OpsPerS: (w1.metrics[k]["iotkv_ops_applied_total"] - w0.metrics[k]["iotkv_ops_applied_total"]) / secs,
-			CPU:     (w1.cpu[k] - w0.cpu[k]).Seconds() / secs}
-	}
-	simCPU := 0.0
-	for k := len(masters) + nEdges; k < len(all); k++ {
-		simCPU += (w1.cpu[k] - w0.cpu[k]).Seconds() / secs
-	}
-	var masterCPU []float64
-	puts, requests := map[string]float64{}, 0.0
-	for i := range masters {
-		masterCPU = append(masterCPU, (w1.cpu[i]-w0.cpu[i]).Seconds()/secs)
-		for k, v := range w1.metrics[i] {
-			if !strings.HasPrefix(k, "iotkv_s3_requests_total{") {
-				continue
-			}
-			requests += v - w0.metrics[i][k]
-			if kind := label(k, "kind"); strings.HasPrefix(kind, "put_") {
-				puts[kind] += v - w0.metrics[i][k]
-			}
-		}
 	}
 
 	// An extra edge joins the running fleet: from its process start to
@@ -274,21 +289,41 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	joinListed := time.Since(joinStart).Seconds()
 	r.Log.Info("extra edge listed", "ready_s", joinReady, "listed_s", joinListed)
 
-	// Lag per edge, commit → the segment holding the change stored, from
-	// the bucket's files (read now: the window's last changes were
-	// stored during the join; no compaction deletes them before fleetSnapshot).
-	for i := range res {
-		root := filepath.Join(s3.Data, s3.Bucket, fleetStore, "edges", ids[i])
-		st, err := segmentLags(root, w0.at, w1.at)
-		if err != nil {
-			return err
+	// Lag per edge and window, commit → the segment holding the change
+	// stored, from the bucket's files (read now: the last window's last
+	// changes were stored during the join; no compaction deletes them
+	// before fleetSnapshot).
+	worstLag := func(fw fleetWindow) float64 {
+		w := 0.0
+		for _, e := range fw.res {
+			w = max(w, e.LagP99)
 		}
-		if st.Lags.Len() == 0 {
-			return fmt.Errorf("%s: no segment under %s holds a change of the window", ids[i], root)
-		}
-		res[i].LagP50, res[i].LagP99, res[i].LagN = st.Lags.Quantile(0.5)/1000, st.Lags.Quantile(0.99)/1000, st.Lags.Len()
-		res[i].SegPutsPerS = float64(st.Segs) / secs
+		return w
 	}
+	for _, fw := range windows {
+		for i := range fw.res {
+			root := filepath.Join(s3.Data, s3.Bucket, fleetStore, "edges", ids[i])
+			st, err := segmentLags(root, fw.at0, fw.at1)
+			if err != nil {
+				return err
+			}
+			if st.Lags.Len() == 0 {
+				return fmt.Errorf("%s: no segment under %s holds a change of the window", ids[i], root)
+			}
+			fw.res[i].LagP50, fw.res[i].LagP99, fw.res[i].LagN = st.Lags.Quantile(0.5)/1000, st.Lags.Quantile(0.99)/1000, st.Lags.Len()
+			fw.res[i].SegPutsPerS = float64(st.Segs) / fw.secs
+		}
+	}
+	medWindow, worstLags := medianRound(windows, worstLag)
+	putRate := func(fw fleetWindow) float64 {
+		t := 0.0
+		for _, v := range fw.puts {
+			t += v
+		}
+		return t / fw.secs / float64(nEdges)
+	}
+	_, putRounds := medianRound(windows, putRate)
+	res, secs, simCPU, masterCPU, puts, requests := medWindow.res, medWindow.secs, medWindow.simCPU, medWindow.masterCPU, medWindow.puts, medWindow.requests
 
 	// kill -9 the master holding the most leases while the devices write.
 	holders, err := r.leaseHolders(ctx, hc, masters, ids, 30*time.Second)
@@ -467,6 +502,11 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	sec.Row("devices' own check (simulate --verify)", fmt.Sprintf("%d written, %d acknowledged", written, acked), fmt.Sprintf("%d lost, %d mismatched", lostKeys, mismatched))
 	sec.Note("Processes: versitygw (posix backend), two `iotkv master --listen-edges 127.0.0.1:0 --store s3://%s/%s --flush-interval 1s --flush-bytes 1MiB --lease-ttl %s --snapshot-interval %s`, %d `iotkv edge --master mqtts://A,mqtts://B` and one `iotkv device simulate --devices %d --rate %g --keys %d --verify` per edge (each device its own mTLS connection and durable queue; every write a put, new keys first, then overwrites of its %d keys). All on this machine's loopback.",
 		s3.Bucket, fleetStore, fleetLeaseTTL, fleetSnapshot, nEdges, nDev, fleetRate, fleetKeys, fleetKeys)
+	sec.Rounds = rounds
+	sec.Note("%d window(s) of %.0f s, back to back on the same fleet; every load, lag, PUT, CPU and RSS figure is the median window's by worst-edge lag p99. The join, the kill and the restores happen once, after the windows.", rounds, window.Seconds())
+	sec.Note("%s", roundsNote("worst-edge backup lag", "p99", worstLags, ms))
+	sec.Note("%s", roundsNote("S3 PUTs per second per edge", "rate", putRounds, func(v float64) string { return fmt.Sprintf("%.2f", v) }))
+	sec.SetSpread("worst-edge lag p99", worstLags, ms)
 	sec.Note("Window: %.0f s after %s of warm-up. Lag: every change committed in the window, from its updated_at (edge clock) to the modification time of the segment object holding it, per edge from its directory in the bucket (as scenario 9). PUTs and requests: both masters' iotkv_s3_requests_total, difference of two scrapes around the window ÷ window ÷ %d edges; lease renewals are one per TTL/2 per edge (%.2f/s). CPU: user+system time of the master processes in the window (/proc/PID/stat); RSS at the window's end (/proc/PID/status).",
 		secs, warm, nEdges, leaseLong)
 	sec.Note("Kill: after the window and the extra edge, the master holding the most edge leases is killed with SIGKILL while the devices keep writing; the survivor is polled (GET /v1/backups, leader) until it holds every lease the dead one held. Once every simulate has flushed and verified, the survivor must report seq = edge_seq = the edge's applied ops and the edge its confirm; then each edge is restored from the bucket into an empty dir with no master involved, and its devices (last_seq, key count) and every key (value, ts) over REST must equal the running edge's.")
@@ -480,6 +520,7 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 		"%.1f s (bound %.1f s)", takeover, takeoverBound.Seconds())
 	sec.Raw["edges"], sec.Raw["devices_per_edge"], sec.Raw["window_s"], sec.Raw["per_edge"] = nEdges, nDev, secs, res
 	sec.Raw["simulate_cpu_cores"] = simCPU
+	sec.Raw["rounds_worst_lag_p99_s"], sec.Raw["rounds_puts_per_s_per_edge"] = worstLags, putRounds
 	sec.Raw["master_cpu_cores"], sec.Raw["master_mem"], sec.Raw["puts"], sec.Raw["requests"] = masterCPU, masterMem, puts, requests
 	sec.Raw["join_ready_s"], sec.Raw["join_listed_s"], sec.Raw["takeover_s"], sec.Raw["catch_up_s"] = joinReady, joinListed, takeover, catchUp
 	sec.Raw["ops_after_kill"], sec.Raw["load_left_at_takeover_s"] = afterKill, loadLeft
