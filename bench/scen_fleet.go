@@ -157,6 +157,9 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	// scenario interrupts them after the kill; simulate then stops
 	// writing, flushes, reads every key back (--verify) and exits.
 	warm, window, afterKill := r.dur(3*time.Second, 5*time.Second), r.dur(12*time.Second, 30*time.Second), r.dur(3*time.Second, 5*time.Second)
+	// The window is measured r.rounds() times, back to back on the same
+	// fleet; the figures are the median window's.
+	rounds := r.rounds()
 	loadStart := time.Now()
 	sims := make([]*Proc, nEdges)
 	const wave = 2
@@ -214,46 +217,58 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 		}
 		return s, nil
 	}
-	w0, err := take()
+	// One window: both masters' metrics and CPU, every edge's applied ops.
+	type fleetWindow struct {
+		at0, at1  time.Time
+		secs      float64
+		res       []fleetEdgeResult
+		simCPU    float64
+		masterCPU []float64
+		puts      map[string]float64
+		requests  float64
+	}
+	windows, err := inRounds(rounds, func(int) (fleetWindow, error) {
+		w0, err := take()
+		if err != nil {
+			return fleetWindow{}, err
+		}
+		if err := sleepCtx(ctx, window); err != nil {
+			return fleetWindow{}, err
+		}
+		w1, err := take()
+		if err != nil {
+			return fleetWindow{}, err
+		}
+		fw := fleetWindow{at0: w0.at, at1: w1.at, secs: w1.at.Sub(w0.at).Seconds(), res: make([]fleetEdgeResult, nEdges), puts: map[string]float64{}}
+		for i, e := range edges {
+			k := len(masters) + i
+			fw.res[i] = fleetEdgeResult{Edge: ids[i], RSS: e.Mem().RSS,
+				OpsPerS: (w1.metrics[k]["iotkv_ops_applied_total"] - w0.metrics[k]["iotkv_ops_applied_total"]) / fw.secs,
+				CPU:     (w1.cpu[k] - w0.cpu[k]).Seconds() / fw.secs}
+		}
+		for k := len(masters) + nEdges; k < len(all); k++ {
+			fw.simCPU += (w1.cpu[k] - w0.cpu[k]).Seconds() / fw.secs
+		}
+		for i := range masters {
+			fw.masterCPU = append(fw.masterCPU, (w1.cpu[i]-w0.cpu[i]).Seconds()/fw.secs)
+			for k, v := range w1.metrics[i] {
+				if !strings.HasPrefix(k, "iotkv_s3_requests_total{") {
+					continue
+				}
+				fw.requests += v - w0.metrics[i][k]
+				if kind := label(k, "kind"); strings.HasPrefix(kind, "put_") {
+					fw.puts[kind] += v - w0.metrics[i][k]
+				}
+			}
+		}
+		return fw, nil
+	})
 	if err != nil {
 		return err
 	}
-	if err := sleepCtx(ctx, window); err != nil {
-		return err
-	}
-	w1, err := take()
-	if err != nil {
-		return err
-	}
-	secs := w1.at.Sub(w0.at).Seconds()
 	masterMem := make([]Mem, len(masters))
 	for i, m := range masters {
 		masterMem[i] = m.Mem()
-	}
-	res := make([]fleetEdgeResult, nEdges)
-	for i, e := range edges {
-		k := len(masters) + i
-		res[i] = fleetEdgeResult{Edge: ids[i], RSS: e.Mem().RSS,
-			OpsPerS: (w1.metrics[k]["iotkv_ops_applied_total"] - w0.metrics[k]["iotkv_ops_applied_total"]) / secs,
-			CPU:     (w1.cpu[k] - w0.cpu[k]).Seconds() / secs}
-	}
-	simCPU := 0.0
-	for k := len(masters) + nEdges; k < len(all); k++ {
-		simCPU += (w1.cpu[k] - w0.cpu[k]).Seconds() / secs
-	}
-	var masterCPU []float64
-	puts, requests := map[string]float64{}, 0.0
-	for i := range masters {
-		masterCPU = append(masterCPU, (w1.cpu[i]-w0.cpu[i]).Seconds()/secs)
-		for k, v := range w1.metrics[i] {
-			if !strings.HasPrefix(k, "iotkv_s3_requests_total{") {
-				continue
-			}
-			requests += v - w0.metrics[i][k]
-			if kind := label(k, "kind"); strings.HasPrefix(kind, "put_") {
-				puts[kind] += v - w0.metrics[i][k]
-			}
-		}
 	}
 
 	// An extra edge joins the running fleet: from its process start to
@@ -274,21 +289,41 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	joinListed := time.Since(joinStart).Seconds()
 	r.Log.Info("extra edge listed", "ready_s", joinReady, "listed_s", joinListed)
 
-	// Lag per edge, commit → the segment holding the change stored, from
-	// the bucket's files (read now: the window's last changes were
-	// stored during the join; no compaction deletes them before fleetSnapshot).
-	for i := range res {
-		root := filepath.Join(s3.Data, s3.Bucket, fleetStore, "edges", ids[i])
-		st, err := segmentLags(root, w0.at, w1.at)
-		if err != nil {
-			return err
+	// Lag per edge and window, commit → the segment holding the change
+	// stored, from the bucket's files (read now: the last window's last
+	// changes were stored during the join; no compaction deletes them
+	// before fleetSnapshot).
+	worstLag := func(fw fleetWindow) float64 {
+		w := 0.0
+		for _, e := range fw.res {
+			w = max(w, e.LagP99)
 		}
-		if st.Lags.Len() == 0 {
-			return fmt.Errorf("%s: no segment under %s holds a change of the window", ids[i], root)
-		}
-		res[i].LagP50, res[i].LagP99, res[i].LagN = st.Lags.Quantile(0.5)/1000, st.Lags.Quantile(0.99)/1000, st.Lags.Len()
-		res[i].SegPutsPerS = float64(st.Segs) / secs
+		return w
 	}
+	for _, fw := range windows {
+		for i := range fw.res {
+			root := filepath.Join(s3.Data, s3.Bucket, fleetStore, "edges", ids[i])
+			st, err := segmentLags(root, fw.at0, fw.at1)
+			if err != nil {
+				return err
+			}
+			if st.Lags.Len() == 0 {
+				return fmt.Errorf("%s: no segment under %s holds a change of the window", ids[i], root)
+			}
+			fw.res[i].LagP50, fw.res[i].LagP99, fw.res[i].LagN = st.Lags.Quantile(0.5)/1000, st.Lags.Quantile(0.99)/1000, st.Lags.Len()
+			fw.res[i].SegPutsPerS = float64(st.Segs) / fw.secs
+		}
+	}
+	medWindow, worstLags := medianRound(windows, worstLag)
+	putRate := func(fw fleetWindow) float64 {
+		t := 0.0
+		for _, v := range fw.puts {
+			t += v
+		}
+		return t / fw.secs / float64(nEdges)
+	}
+	_, putRounds := medianRound(windows, putRate)
+	res, secs, simCPU, masterCPU, puts, requests := medWindow.res, medWindow.secs, medWindow.simCPU, medWindow.masterCPU, medWindow.puts, medWindow.requests
 
 	// kill -9 the master holding the most leases while the devices write.
 	holders, err := r.leaseHolders(ctx, hc, masters, ids, 30*time.Second)
@@ -474,6 +509,11 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 	sec.Row("devices' own check (simulate --verify)", fmt.Sprintf("%d written, %d acknowledged", written, acked), fmt.Sprintf("%d lost, %d mismatched", lostKeys, mismatched))
 	sec.Note("Processes: versitygw (posix backend), two `iotkv master --listen-edges 127.0.0.1:0 --store s3://%s/%s --flush-interval 1s --flush-bytes 1MiB --lease-ttl %s --snapshot-interval %s`, %d `iotkv edge --master mqtts://A,mqtts://B` and one `iotkv device simulate --devices %d --rate %g --keys %d --verify` per edge (each device its own mTLS connection and durable queue; every write a put, new keys first, then overwrites of its %d keys). All on this machine's loopback.",
 		s3.Bucket, fleetStore, fleetLeaseTTL, fleetSnapshot, nEdges, nDev, fleetRate, fleetKeys, fleetKeys)
+	sec.Rounds = rounds
+	sec.Note("%d window(s) of %.0f s, back to back on the same fleet; every load, lag, PUT, CPU and RSS figure is the median window's by worst-edge lag p99. The join, the kill and the restores happen once, after the windows.", rounds, window.Seconds())
+	sec.Note("%s", roundsNote("worst-edge backup lag", "p99", worstLags, ms))
+	sec.Note("%s", roundsNote("S3 PUTs per second per edge", "rate", putRounds, func(v float64) string { return fmt.Sprintf("%.2f", v) }))
+	sec.SetSpread("worst-edge lag p99", worstLags, ms)
 	sec.Note("Window: %.0f s after %s of warm-up. Lag: every change committed in the window, from its updated_at (edge clock) to the modification time of the segment object holding it, per edge from its directory in the bucket (as scenario 9). PUTs and requests: both masters' iotkv_s3_requests_total, difference of two scrapes around the window ÷ window ÷ %d edges; lease renewals are one per TTL/2 per edge (%.2f/s). CPU: user+system time of the master processes in the window (/proc/PID/stat); RSS at the window's end (/proc/PID/status).",
 		secs, warm, nEdges, leaseLong)
 	sec.Note("Connecting: the simulate processes start two edges at a time, each pair waiting until its edges count all their devices connected. Every device's first login is a bcrypt check at cost 10 (accounts.MinCost, the lowest `iotkv users` hashes at; later logins hit the edge's cache), so %d first logins are %d checks on this machine's %d cores: the connect time is mostly that.", nEdges*nDev, nEdges*nDev, cores())
@@ -488,6 +528,7 @@ func (r *Runner) scenFleet(ctx context.Context, sec *Section) error {
 		"%.1f s (bound %.1f s)", takeover, takeoverBound.Seconds())
 	sec.Raw["edges"], sec.Raw["devices_per_edge"], sec.Raw["window_s"], sec.Raw["per_edge"] = nEdges, nDev, secs, res
 	sec.Raw["simulate_cpu_cores"] = simCPU
+	sec.Raw["rounds_worst_lag_p99_s"], sec.Raw["rounds_puts_per_s_per_edge"] = worstLags, putRounds
 	sec.Raw["master_cpu_cores"], sec.Raw["master_mem"], sec.Raw["puts"], sec.Raw["requests"] = masterCPU, masterMem, puts, requests
 	sec.Raw["join_ready_s"], sec.Raw["join_listed_s"], sec.Raw["takeover_s"], sec.Raw["catch_up_s"] = joinReady, joinListed, takeover, catchUp
 	sec.Raw["ops_after_kill"], sec.Raw["connect_s"] = opsAfterKill, connectSecs
