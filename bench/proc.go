@@ -109,6 +109,14 @@ func (p *Proc) Kill() {
 	})
 }
 
+// Interrupt sends SIGINT to the process (not its group).
+func (p *Proc) Interrupt() error {
+	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+		return fmt.Errorf("interrupt %s: %w", p.Name, err)
+	}
+	return nil
+}
+
 // Wait waits up to timeout for the process to end by itself and returns
 // its exit error (nil for exit 0); after timeout it is killed and that is
 // an error.

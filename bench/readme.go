@@ -125,9 +125,8 @@ func edgeSpread(id string, raw map[string]json.RawMessage) (string, int) {
 		if len(rs) < 2 {
 			return ""
 		}
-		rs = append([]float64(nil), rs...)
-		sort.Float64s(rs)
-		return fmtRate(rs[0]*mult) + "–" + fmtRate(rs[len(rs)-1]*mult)
+		lo, _, hi := minMedMax(rs)
+		return fmtRate(lo*mult) + "–" + fmtRate(hi*mult)
 	}
 	var one LoadResult
 	if id == "1" && json.Unmarshal(edge, &one) == nil {

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -93,9 +92,8 @@ func (s *Section) SetSpread(what string, rounds []float64, format func(float64) 
 	if len(rounds) < 2 {
 		return
 	}
-	rs := append([]float64(nil), rounds...)
-	sort.Float64s(rs)
-	s.Spread = what + " " + format(rs[0]) + "–" + format(rs[len(rs)-1])
+	lo, _, hi := minMedMax(rounds)
+	s.Spread = what + " " + format(lo) + "–" + format(hi)
 }
 
 // Check records an aim: pass says whether value met it.

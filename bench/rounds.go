@@ -39,15 +39,20 @@ func medianRound[T any](rs []T, key func(T) float64) (T, []float64) {
 	return rs[idx[len(idx)/2]], vals
 }
 
+// minMedMax is a figure's min, median and max over its rounds.
+func minMedMax(rounds []float64) (lo, med, hi float64) {
+	rs := append([]float64(nil), rounds...)
+	sort.Float64s(rs)
+	return rs[0], rs[len(rs)/2], rs[len(rs)-1]
+}
+
 // roundsNote states a figure's rounds: their count, min, median and max.
 func roundsNote(name, unit string, rounds []float64, format func(float64) string) string {
 	if len(rounds) == 0 {
 		return name + ": no rounds"
 	}
-	rs := append([]float64(nil), rounds...)
-	sort.Float64s(rs)
-	return fmt.Sprintf("%s: %d round(s), %s min %s / median %s / max %s", name, len(rs), unit,
-		format(rs[0]), format(rs[len(rs)/2]), format(rs[len(rs)-1]))
+	lo, med, hi := minMedMax(rounds)
+	return fmt.Sprintf("%s: %d round(s), %s min %s / median %s / max %s", name, len(rounds), unit, format(lo), format(med), format(hi))
 }
 
 // spread is "median (min–max)" of a figure's rounds, or the figure alone
@@ -56,12 +61,11 @@ func spread(rounds []float64, format func(float64) string) string {
 	if len(rounds) == 0 {
 		return "–"
 	}
-	rs := append([]float64(nil), rounds...)
-	sort.Float64s(rs)
-	if len(rs) == 1 {
-		return format(rs[0])
+	lo, med, hi := minMedMax(rounds)
+	if len(rounds) == 1 {
+		return format(med)
 	}
-	return fmt.Sprintf("%s (%s–%s)", format(rs[len(rs)/2]), format(rs[0]), format(rs[len(rs)-1]))
+	return fmt.Sprintf("%s (%s–%s)", format(med), format(lo), format(hi))
 }
 
 // perS formats a rate scaled by mult (e.g. batches → key-ops).

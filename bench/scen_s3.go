@@ -153,7 +153,8 @@ func (r *Runner) scenS3(ctx context.Context, sec *Section) error {
 	sec.Check("backup lag p99 with the S3 store at the default flush (1s, 1MiB) ≤ 2 s", remote.LagP99, remote.LagP99 <= 2,
 		"%s (%.1f× the local --data store's %s)", ms(remote.LagP99), lagRatio, ms(local.LagP99))
 	sec.Check("S3 PUTs per second per edge in steady state ≤ 1.1", puts, puts <= 1.1,
-		"%.2f in the window (segments %.2f, lease %.2f); segments + one renewal per TTL/2 = %.2f", puts, segPuts, leasePuts, segPuts+leaseLong)
+		"%.2f in the median-lag round's window (segments %.2f, lease %.2f); segments + one renewal per TTL/2 = %.2f; over the rounds %s", puts, segPuts, leasePuts, segPuts+leaseLong,
+		spread(putRounds, func(v float64) string { return fmt.Sprintf("%.2f", v) }))
 	sec.Raw["local"], sec.Raw["s3"], sec.Raw["lag_ratio_p99"] = local.storeRun, remote.storeRun, lagRatio
 	sec.Raw["rounds_lag_p99_s"] = map[string][]float64{"local": localP99s, "s3": remoteP99s}
 	sec.Raw["rounds_s3_puts_per_s_per_edge"] = putRounds

@@ -211,7 +211,9 @@ func Open(opts Options) (_ *Edge, err error) {
 		return nil, err
 	}
 	throttle := accounts.NewThrottle()
-	e.ingest = newIngest(e.c, opts.Limits)
+	if e.ingest, err = newIngest(e.c, opts.Limits); err != nil {
+		return nil, err
+	}
 	e.broker, err = broker.New(broker.Options{
 		Addr: opts.MQTTAddr, TLS: e.tls.ServerConfig(tls.RequireAndVerifyClientCert), PeerCheck: e.tls.CheckPeer,
 		Accounts: e.accounts, Throttle: throttle,

@@ -37,8 +37,19 @@ type ingest struct {
 // maxRefusalHold bounds how long a rate_limited refusal is held.
 const maxRefusalHold = time.Second
 
-func newIngest(c *committer, limits iotkv.Limits) *ingest {
-	return &ingest{c: c, limits: limits, quit: make(chan struct{})}
+// newIngest starts each device's lane at the seq the store has applied,
+// so that a batch resent after a restart is known as a duplicate.
+func newIngest(c *committer, limits iotkv.Limits) (*ingest, error) {
+	in := &ingest{c: c, limits: limits, quit: make(chan struct{})}
+	devs, err := c.store.Devices()
+	if err != nil {
+		return nil, err
+	}
+	in.lanes.m = make(map[string]*lane, len(devs))
+	for _, d := range devs {
+		in.lanes.m[d.Device] = &lane{ready: map[uint64]func(){}, acked: d.LastSeq}
+	}
+	return in, nil
 }
 
 // close answers the held refusals and waits for them.
@@ -79,8 +90,9 @@ func (in *ingest) Submit(w broker.Write, done func(broker.Result)) {
 		req.refused = in.limits.ValidateOp(op)
 		req.ops = []iotkv.Op{op}
 	}
-	if req.refused == nil && !in.lanes.applied(l, req.seq) {
-		if ok, wait := in.c.rate.take(w.Device, len(req.ops), now); !ok {
+	// Every attempt is charged, an invalid one too (at least one op).
+	if !in.lanes.applied(l, req.seq) {
+		if ok, wait := in.c.rate.take(w.Device, max(1, len(req.ops)), now); !ok && req.refused == nil {
 			in.refuse(l, t, w.Device, req.seq, wait, done)
 			return
 		}
@@ -140,7 +152,8 @@ func peekSeq(p []byte) (uint64, bool) {
 
 // lanes answer each device's writes in the order they were submitted
 // (the broker writes PUBACKs in that order), whether the committer
-// answers them or ingest refuses them at once.
+// answers them or ingest refuses them at once. One lane per device that
+// has an account and wrote, kept for the edge's life (like its bucket).
 type lanes struct {
 	mu sync.Mutex
 	m  map[string]*lane

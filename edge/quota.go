@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/iotkv/iotkv"
 )
@@ -176,6 +177,46 @@ func (s *Store) countUsage() (map[string]usage, error) {
 		return nil, fmt.Errorf("count usage: %w", err)
 	}
 	return counts, nil
+}
+
+// StoreUsage opens the store in dir, which no edge may have open, on fs
+// (nil: the OS), and returns each device's {keys, bytes} as the store
+// keeps them and as a recount of its records finds them. They are equal
+// unless the counters are wrong.
+func StoreUsage(dir string, fs vfs.FS) (stored, counted map[string][2]int64, err error) {
+	s, err := OpenStore(dir, StoreOptions{FS: fs})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.Close()
+	if stored, err = storedUsage(s); err != nil {
+		return nil, nil, err
+	}
+	counts, err := s.countUsage()
+	if err != nil {
+		return nil, nil, err
+	}
+	counted = map[string][2]int64{}
+	for d, u := range counts {
+		counted[d] = [2]int64{u.keys, u.bytes}
+	}
+	return stored, counted, nil
+}
+
+// storedUsage returns the counters the store keeps for every device that
+// holds anything.
+func storedUsage(s *Store) (map[string][2]int64, error) {
+	devs, err := s.Devices()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][2]int64{}
+	for _, d := range devs {
+		if d.Keys != 0 || d.Bytes != 0 {
+			out[d.Device] = [2]int64{d.Keys, d.Bytes}
+		}
+	}
+	return out, nil
 }
 
 // usageCounted reports whether the device records hold exact counts.

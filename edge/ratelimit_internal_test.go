@@ -61,7 +61,10 @@ func TestIngestRefusesOverRateUnreadAndInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := newIngest(c, iotkv.Limits{})
+	in, err := newIngest(c, iotkv.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		in.close()
 		c.close()
@@ -110,11 +113,26 @@ func TestIngestRefusesOverRateUnreadAndInOrder(t *testing.T) {
 	if a := <-answers; a != (answer{4, ""}) {
 		t.Fatalf("after a minute: %v, want seq 4 applied", a)
 	}
+	// Invalid batches are charged too: ten of them empty the bucket.
+	clock = clock.Add(time.Minute)
+	for seq := 5; seq < 15; seq++ {
+		submit(fmt.Sprintf(`{"seq":%d,"ops":[]}`, seq))
+		if a := <-answers; a != (answer{uint64(seq), iotkv.CodeInvalidBatch}) {
+			t.Fatalf("an invalid batch: %v", a)
+		}
+	}
+	submit(batch(15, 1))
+	if a := <-answers; a != (answer{15, iotkv.CodeRateLimited}) {
+		t.Fatalf("after ten invalid batches: %v, want rate_limited", a)
+	}
 	devs, err := store.Devices()
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantRefused := []iotkv.Refusal{{Seq: 2, Code: iotkv.CodeRateLimited}, {Seq: 3, Code: iotkv.CodeRateLimited}}
+	for seq := range uint64(10) {
+		wantRefused = append(wantRefused, iotkv.Refusal{Seq: 5 + seq, Code: iotkv.CodeInvalidBatch})
+	}
 	if len(devs) != 1 || devs[0].LastSeq != 4 || !slices.Equal(devs[0].Refused, wantRefused) {
 		t.Fatalf("device record %+v, want last seq 4 and refusals %v", devs, wantRefused)
 	}

@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -364,6 +367,93 @@ func TestSimulateVerify(t *testing.T) {
 	if !strings.Contains(out.String(), "lost=0 mismatched=0") {
 		t.Fatalf("simulate output:\n%s", out.String())
 	}
+}
+
+// The first SIGINT ends a simulate run early the way --duration does: the
+// sensors stop writing, flush, --verify reads every key back, and the
+// process exits 0 with its summary, so a caller (the bench's fleet
+// scenario) can end the load when it chooses and keep the verification.
+func TestSimulateInterruptedEndsTheWritingAndStillVerifies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a few seconds of simulated load")
+	}
+	p := testenv.NewPKI(t)
+	p.Identity(t, "admin", iotkv.RoleAdmin)
+	hc := p.HTTPClient(t, "admin")
+	mqttAddr, httpsAddr := startEdgeProcess(t, p)
+	cmd := exec.Command(bin, "simulate", "--devices", "4", "--rate", "20", "--duration", "1h", "--verify",
+		"--certs", p.Dir, "--accounts", p.Accounts, "--queue", filepath.Join(t.TempDir(), "q"),
+		"--edge", mqttAddr, "--rest", "https://"+httpsAddr, "--log-level", "warn")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// Interrupt once the edge holds keys of every sensor.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var body struct {
+			Devices []struct {
+				Keys int `json:"keys"`
+			} `json:"devices"`
+		}
+		req, _ := http.NewRequest(http.MethodGet, "https://"+httpsAddr+"/v1/devices", nil)
+		req.SetBasicAuth("admin", testenv.Password("admin"))
+		if resp, err := hc.Do(req); err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+		}
+		writing := 0
+		for _, d := range body.Devices {
+			if d.Keys > 0 {
+				writing++
+			}
+		}
+		if writing == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the 4 sensors did not all write within 60s:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("simulate after SIGINT: %v\n%s", err, out.String())
+		}
+	case <-time.After(2 * time.Minute): // a hang, not a speed limit
+		t.Fatalf("simulate still running 2 minutes after SIGINT (--duration 1h):\n%s", out.String())
+	}
+	m := regexp.MustCompile(`verify: written=(\d+) acked=(\d+) lost=0 mismatched=0`).FindStringSubmatch(out.String())
+	if m == nil || m[1] == "0" || m[1] != m[2] {
+		t.Fatalf("want a verify line with every written op acknowledged, none lost:\n%s", out.String())
+	}
+	t.Log(strings.TrimSpace(out.String()))
+}
+
+// syncBuffer is a bytes.Buffer a child process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // startEdgeProcess runs `iotkv edge` on loopback port 0 and returns its

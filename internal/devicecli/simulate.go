@@ -1,10 +1,13 @@
 package devicecli
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/iotkv/iotkv/device"
@@ -27,7 +30,7 @@ func parseSimulate(args []string, stdout io.Writer) (*simulateConfig, *flag.Flag
 	f.register(fs)
 	devices := fs.Int("devices", 10, "virtual sensors, each with its own identity and connection")
 	rate := fs.Float64("rate", 1, "ops per second per sensor")
-	duration := fs.Duration("duration", 10*time.Second, "how long the sensors write")
+	duration := fs.Duration("duration", 10*time.Second, "how long the sensors write (the first Ctrl-C or SIGTERM ends it early, then the flush and --verify run; a second one stops them)")
 	verify := fs.Bool("verify", false, "read every key back over REST and count lost and mismatched ones")
 	prefix := fs.String("prefix", "sim-", "sensor names are PREFIX0001, PREFIX0002, ...")
 	acc := fs.String("accounts", "", "accounts file: with --certs holding ca.key, missing identities are created")
@@ -87,9 +90,30 @@ func runSimulate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := cliutil.SignalContext()
-	defer stop()
+	// The first SIGINT or SIGTERM ends the writing early, as the end of
+	// --duration would: the sensors flush and --verify still reads every
+	// key back. A second one cancels the run.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	early := make(chan struct{})
+	go func() { // ends with the run (cancel) at the latest
+		select {
+		case <-sigs:
+			close(early)
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	opts := c.Sim
+	opts.Stop = early
 	opts.Device = func(o *device.Options) {
 		o.QueueMaxBytes, o.Linger, o.Window = c.Device.QueueMaxBytes, c.Device.Linger, c.Device.Window
 	}
