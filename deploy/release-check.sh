@@ -83,7 +83,8 @@ trap 'dpkg --purge iotkv >/dev/null 2>&1 || true; cleanup' EXIT
 dpkg -i "dist/iotkv_${version}_amd64.deb"
 getent passwd iotkv | grep -q ':/var/lib/iotkv:/usr/sbin/nologin$' || { echo "release-check: no system user iotkv"; getent passwd iotkv; exit 1; }
 for f in /usr/bin/iotkv /usr/bin/iotkv-device /lib/systemd/system/iotkv-edge.service /lib/systemd/system/iotkv-master.service \
-	/etc/iotkv/edge.yaml /etc/iotkv/master.yaml /etc/iotkv/device.yaml /usr/share/doc/iotkv/README.md; do
+	/etc/iotkv/edge.yaml /etc/iotkv/master.yaml /etc/iotkv/device.yaml /usr/share/doc/iotkv/README.md \
+	/usr/share/doc/iotkv/operations.md; do
 	[ -e "$f" ] || { echo "release-check: the .deb did not install $f"; exit 1; }
 done
 [ "$(/usr/bin/iotkv version | cut -d' ' -f2)" = "$version" ] || { echo "release-check: /usr/bin/iotkv is not $version"; exit 1; }
@@ -92,9 +93,18 @@ done
 systemd-analyze verify /lib/systemd/system/iotkv-edge.service /lib/systemd/system/iotkv-master.service
 echo "ok units: systemd-analyze verify; systemd-analyze security exposure (README.md, deploy/unit-scores.sh):"
 bash deploy/unit-scores.sh /lib/systemd/system/iotkv-edge.service /lib/systemd/system/iotkv-master.service
+# An upgrade (the same package again) keeps an edited configuration file
+# and the data directory.
+echo '# edited by the operator' >>/etc/iotkv/edge.yaml
+mkdir -p /var/lib/iotkv/edge && echo kept >/var/lib/iotkv/edge/release-check
+dpkg -i "dist/iotkv_${version}_amd64.deb" >/dev/null
+grep -qx '# edited by the operator' /etc/iotkv/edge.yaml || { echo "release-check: the upgrade replaced the edited /etc/iotkv/edge.yaml"; exit 1; }
+[ "$(cat /var/lib/iotkv/edge/release-check)" = kept ] || { echo "release-check: the upgrade lost /var/lib/iotkv"; exit 1; }
+rm -f /var/lib/iotkv/edge/release-check
+rmdir /var/lib/iotkv/edge /var/lib/iotkv 2>/dev/null || true
 dpkg --purge iotkv >/dev/null
 ! getent passwd iotkv >/dev/null || { echo "release-check: purge left the iotkv user"; exit 1; }
-echo "ok .deb: installed, user iotkv, units verified, purged"
+echo "ok .deb: installed, user iotkv, units verified, upgraded keeping an edited edge.yaml and the data, purged"
 
 # The container image (amd64): built, its configuration inspected in the
 # docker archive podman saves (podman 4's image inspect does not show the
