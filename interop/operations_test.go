@@ -68,7 +68,18 @@ func runOperations(t *testing.T, bin string, cmds []docCommand, min int) {
 			t.Fatal(err)
 		}
 	}
+	// The servers' ports in the commands, and the edge's name in
+	// device.yaml: localhost here.
 	local = strings.NewReplacer("/etc/iotkv", etc, "/var/lib/iotkv", state, "localhost:8443", "localhost:"+httpPort)
+	device := filepath.Join(etc, "device.yaml")
+	data, err := os.ReadFile(device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	here := strings.NewReplacer("edge1.example:8883", "localhost:"+mqttPort, "edge1.example:8443", "localhost:"+httpPort)
+	if err := os.WriteFile(device, []byte(here.Replace(string(data))), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	env := append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 	work := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
