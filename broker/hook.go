@@ -224,9 +224,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	h.b.metrics.messages.WithLabelValues(t.Kind).Inc()
 
 	if pk.FixedHeader.Qos == 1 {
+		// The answer may come a while later (a refusal is held until the
+		// device has tokens again): it keeps what it needs, not the payload.
+		answer := packets.Packet{PacketID: pk.PacketID, TopicName: pk.TopicName}
 		h.b.opts.Ingest.Submit(w, func(r Result) {
 			defer func() { <-window }()
-			h.finishQoS1(cl, pk, r)
+			h.finishQoS1(cl, answer, r)
 		})
 		return pk, packets.ErrRejectPacket // we own the PUBACK
 	}

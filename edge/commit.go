@@ -71,12 +71,13 @@ type committer struct {
 	hold func(quit <-chan struct{})
 	rate *rateLimiter // shared with ingest and REST, which check it
 
-	mu     sync.RWMutex // guards closed against Submit; held shared while sending
-	closed bool
-	reqs   chan *writeReq
-	syncq  chan *group   // applied groups waiting for their fsync, in order
-	quit   chan struct{} // closed by close: a held loop goes on
-	done   chan struct{}
+	mu       sync.RWMutex // guards closed against Submit; held shared while sending
+	closed   bool
+	reqs     chan *writeReq
+	syncq    chan *group   // applied groups waiting for their fsync, in order
+	quit     chan struct{} // closed by release: a held loop goes on
+	quitOnce sync.Once
+	done     chan struct{}
 
 	// Owned by the loop goroutine.
 	devs    map[string]devState
@@ -147,11 +148,16 @@ func (c *committer) submit(r *writeReq) {
 
 // close stops taking writes, commits and reports every queued one, and
 // waits for the loop to end. Safe to call twice.
+// release makes the loop stop holding groups (the backup lag gate), so
+// that writers waiting on it finish and close can take its lock. Safe to
+// call more than once.
+func (c *committer) release() { c.quitOnce.Do(func() { close(c.quit) }) }
+
 func (c *committer) close() {
+	c.release()
 	c.mu.Lock()
 	if !c.closed {
 		c.closed = true
-		close(c.quit)
 		close(c.reqs)
 	}
 	c.mu.Unlock()

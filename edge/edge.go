@@ -373,6 +373,9 @@ func (e *Edge) republishAcks() error {
 func (e *Edge) Close(ctx context.Context) error {
 	e.closeOnce.Do(func() {
 		var errs []error
+		if e.c != nil {
+			e.c.release() // no write waits on the backup lag gate from here on
+		}
 		if e.broker != nil {
 			e.broker.StopAccepting()
 		}

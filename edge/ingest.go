@@ -28,10 +28,18 @@ type ingest struct {
 	limits iotkv.Limits
 	lanes  lanes
 
-	mu     sync.Mutex // guards closed against holds.Add
+	mu     sync.Mutex // guards closed and held
 	closed bool
-	quit   chan struct{} // closed by close: held refusals are answered at once
-	holds  sync.WaitGroup
+	held   map[*heldRefusal]struct{} // refusals waiting for their timer
+	holds  sync.WaitGroup            // refusals not yet answered
+}
+
+// heldRefusal is one refusal waiting to be answered: by its timer, or by
+// close, whichever takes it out of ingest.held first. No goroutine waits
+// for it.
+type heldRefusal struct {
+	timer  *time.Timer
+	answer func()
 }
 
 // maxRefusalHold bounds how long a rate_limited refusal is held.
@@ -40,7 +48,7 @@ const maxRefusalHold = time.Second
 // newIngest starts each device's lane at the seq the store has applied,
 // so that a batch resent after a restart is known as a duplicate.
 func newIngest(c *committer, limits iotkv.Limits) (*ingest, error) {
-	in := &ingest{c: c, limits: limits, quit: make(chan struct{})}
+	in := &ingest{c: c, limits: limits, held: map[*heldRefusal]struct{}{}}
 	devs, err := c.store.Devices()
 	if err != nil {
 		return nil, err
@@ -55,11 +63,14 @@ func newIngest(c *committer, limits iotkv.Limits) (*ingest, error) {
 // close answers the held refusals and waits for them.
 func (in *ingest) close() {
 	in.mu.Lock()
-	if !in.closed {
-		in.closed = true
-		close(in.quit)
-	}
+	in.closed = true
+	held := in.held
+	in.held = nil
 	in.mu.Unlock()
+	for h := range held {
+		h.timer.Stop()
+		h.answer()
+	}
 	in.holds.Wait()
 }
 
@@ -98,6 +109,7 @@ func (in *ingest) Submit(w broker.Write, done func(broker.Result)) {
 		}
 	}
 	req.prior = in.lanes.takePrior(l)
+	in.lanes.sending(l, req.seq)
 	req.done = func(r commitResult) {
 		in.lanes.leave(l, t, req.seq, r.err == nil, func() { done(broker.Result{Seq: req.seq, Err: r.err}) })
 	}
@@ -111,24 +123,29 @@ func (in *ingest) refuse(l *lane, t uint64, device string, seq uint64, wait time
 	in.c.metrics.refused.WithLabelValues(iotkv.CodeRateLimited).Inc()
 	in.lanes.refused(l, seq, iotkv.CodeRateLimited)
 	answer := func() { in.lanes.leave(l, t, seq, false, func() { done(broker.Result{Seq: seq, Err: err}) }) }
+	in.holds.Add(1)
+	h := &heldRefusal{}
+	h.answer = func() {
+		defer in.holds.Done()
+		answer()
+	}
 	in.mu.Lock()
 	if in.closed {
 		in.mu.Unlock()
-		answer()
+		h.answer()
 		return
 	}
-	in.holds.Add(1)
-	in.mu.Unlock()
-	go func() {
-		defer in.holds.Done()
-		hold := time.NewTimer(min(wait, maxRefusalHold))
-		defer hold.Stop()
-		select {
-		case <-hold.C:
-		case <-in.quit:
+	in.held[h] = struct{}{}
+	h.timer = time.AfterFunc(min(wait, maxRefusalHold), func() {
+		in.mu.Lock()
+		_, mine := in.held[h]
+		delete(in.held, h)
+		in.mu.Unlock()
+		if mine {
+			h.answer()
 		}
-		answer()
-	}()
+	})
+	in.mu.Unlock()
 }
 
 func rateLimited(device string, l *rateLimiter) error {
@@ -164,6 +181,7 @@ type lane struct {
 	ready        map[uint64]func() // answers waiting for earlier tickets
 	releasing    bool              // a goroutine is calling answers
 	acked        uint64            // highest seq answered as applied
+	sent         uint64            // highest seq handed to the committer
 	ops          int               // ops of the device's last decoded batch
 	// prior: seqs refused here that no status/ack lists yet. They go to
 	// the committer with the device's next write, which records them in
@@ -188,15 +206,24 @@ func (ls *lanes) enter(device string) (*lane, uint64) {
 	return l, t
 }
 
-// applied reports whether seq is one the lane saw applied: a resent
-// duplicate, which is acknowledged and not charged.
+// applied reports whether seq is one the lane saw applied or has handed
+// to the committer: a resend (after a reconnect, its original may still
+// be in a group commit), which the committer answers and which is not
+// charged.
 func (ls *lanes) applied(l *lane, seq uint64) bool {
 	if seq == 0 {
 		return false
 	}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	return seq <= l.acked
+	return seq <= max(l.acked, l.sent)
+}
+
+// sending notes a seq handed to the committer.
+func (ls *lanes) sending(l *lane, seq uint64) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	l.sent = max(l.sent, seq)
 }
 
 // lastOps is what an unread batch of the lane's device is charged: the op

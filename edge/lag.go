@@ -20,7 +20,9 @@ import (
 // master is stuck rather than slow: when its confirmed seq has not moved
 // for stuckAfter (twice MaxLag, at least a second; an S3 outage, say),
 // writes go on at full speed and the change log keeps what the master has
-// not taken, as without the gate, until it confirms again.
+// not taken, as without the gate. It stays open while the master catches
+// up with what was committed during the stall, and holds again only for
+// what came after.
 type lagGate struct {
 	max     time.Duration
 	now     func() time.Time
@@ -32,6 +34,11 @@ type lagGate struct {
 	groups   []groupMark // committed groups not confirmed yet, oldest first
 	lastConf uint64      // conf when last looked at, and when it last moved
 	moved    time.Time
+	// backlogTo, when set, is the last change committed while the master
+	// was stuck: until it confirms that far the gate stays open (the
+	// backlog of an outage is not the writers' to wait for), then what
+	// was committed during the catch-up counts from that moment.
+	backlogTo uint64
 }
 
 // groupMark is one committed group: its last change seq and when.
@@ -85,7 +92,7 @@ func (g *lagGate) stuckAfter() time.Duration { return max(2*g.max, time.Second) 
 func (g *lagGate) holds() bool {
 	if !g.follows.Load() {
 		g.mu.Lock()
-		g.groups = g.groups[:0]
+		g.groups, g.backlogTo = g.groups[:0], 0
 		g.mu.Unlock()
 		return false
 	}
@@ -102,15 +109,33 @@ func (g *lagGate) holds() bool {
 	}
 	g.groups = g.groups[i:]
 	if len(g.groups) == 0 {
-		g.moved = now // nothing to confirm: not stuck
+		g.moved, g.backlogTo = now, 0 // nothing to confirm: not stuck
 		return false
 	}
-	return now.Sub(g.groups[0].at) > g.max && now.Sub(g.moved) < g.stuckAfter()
+	if g.backlogTo != 0 {
+		if conf < g.backlogTo {
+			return false // catching up with the stall's backlog
+		}
+		g.backlogTo = 0
+		for i := range g.groups {
+			g.groups[i].at = now
+		}
+	}
+	if now.Sub(g.moved) >= g.stuckAfter() {
+		g.backlogTo = g.groups[len(g.groups)-1].last
+		return false
+	}
+	return now.Sub(g.groups[0].at) > g.max
 }
 
 // wait returns once the gate opens or quit is closed (committer
 // goroutine, before each group).
 func (g *lagGate) wait(quit <-chan struct{}) {
+	select {
+	case <-quit:
+		return
+	default:
+	}
 	if !g.holds() {
 		return
 	}

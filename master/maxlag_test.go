@@ -49,6 +49,8 @@ func TestMaxBackupLagHoldsWritersForASlowMasterNotAStuckOne(t *testing.T) {
 		t.Errorf("the edge held its writers %.1f s in all while the master could not store anything", w)
 	}
 	s3.Start()
+	// Writes go on while the master catches up with the outage's backlog.
+	r.publishBatches(e1, 81, 10, 2, "c")
 	want := r.edgeState(e1, "d1")
 	waitFor(t, 30*time.Second, "catch-up after the outage", func() bool {
 		return m.Status()[0].Seq == e1.ChangeSeq() && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(e1.ChangeSeq())
