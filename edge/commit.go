@@ -225,6 +225,10 @@ func (c *committer) apply(reqs []*writeReq) *group {
 		g.err = errFailed
 		return g
 	}
+	if err := c.prefetch(g, reqs); err != nil {
+		g.err = err
+		return g
+	}
 	nowMs := g.start.UnixMilli()
 	batch := c.store.db.NewBatch()
 	cseq := c.cseq
