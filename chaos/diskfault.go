@@ -3,14 +3,12 @@
 package chaos
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,25 +18,8 @@ import (
 	"github.com/iotkv/iotkv"
 	"github.com/iotkv/iotkv/edge"
 	"github.com/iotkv/iotkv/internal/memdisk"
+	"github.com/iotkv/iotkv/internal/testenv"
 )
-
-// logBuffer collects an in-process edge's log.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // memEdge is an in-process edge on a faultyDisk, restarted on the same
 // ports.
@@ -48,14 +29,14 @@ type memEdge struct {
 	mqtt, https string
 	edge        *edge.Edge
 	reg         *prometheus.Registry
-	log         *logBuffer
+	log         *testenv.Buffer
 }
 
 const memDataDir = "/edge-data"
 
 func (m *memEdge) open() {
 	m.reg = prometheus.NewRegistry()
-	m.log = &logBuffer{}
+	m.log = &testenv.Buffer{}
 	o := edge.Options{
 		ID: edgeID, DataDir: memDataDir, TLSFiles: m.e.pki.Paths(edgeID), Accounts: m.e.pki.Accounts,
 		MQTTAddr: m.mqtt, HTTPAddr: m.https, AccountsPoll: 100 * time.Millisecond, MaxKeepalive: 10,

@@ -27,8 +27,8 @@ import (
 type edgeRig struct {
 	pki    *testenv.PKI
 	edge   *edge.Edge
-	client *http.Client  // HTTPS, trusting the CA, presenting admin's certificate
-	logs   *lockedBuffer // everything the shared edge logged
+	client *http.Client    // HTTPS, trusting the CA, presenting admin's certificate
+	logs   *testenv.Buffer // everything the shared edge logged
 }
 
 const rigAdminPassword = "admin-secret"

@@ -31,29 +31,11 @@ import (
 	"github.com/iotkv/iotkv/internal/testenv"
 )
 
-// secLog collects an edge's log output so tests can search it.
-type secLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *secLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *secLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // secEnv is an edge with a PKI, one account per role and its log.
 type secEnv struct {
 	pki  *testenv.PKI
 	edge *edge.Edge
-	log  *secLog
+	log  *testenv.Buffer
 }
 
 // secRoles are the accounts every secEnv has: name → role.
@@ -74,7 +56,7 @@ func secStart(t *testing.T, mod func(*edge.Options)) *secEnv {
 // accounts it adds are loaded from the start.
 func secStartWith(t *testing.T, setup func(*testenv.PKI), mod func(*edge.Options)) *secEnv {
 	t.Helper()
-	env := &secEnv{pki: testenv.NewPKI(t), log: &secLog{}}
+	env := &secEnv{pki: testenv.NewPKI(t), log: &testenv.Buffer{}}
 	for _, r := range secRoles {
 		secIdentity(t, env.pki, r.name, r.role)
 	}

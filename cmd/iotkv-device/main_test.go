@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -384,7 +383,7 @@ func TestSimulateInterruptedEndsTheWritingAndStillVerifies(t *testing.T) {
 	cmd := exec.Command(bin, "simulate", "--devices", "4", "--rate", "20", "--duration", "1h", "--verify",
 		"--certs", p.Dir, "--accounts", p.Accounts, "--queue", filepath.Join(t.TempDir(), "q"),
 		"--edge", mqttAddr, "--rest", "https://"+httpsAddr, "--log-level", "warn")
-	var out syncBuffer
+	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -436,24 +435,6 @@ func TestSimulateInterruptedEndsTheWritingAndStillVerifies(t *testing.T) {
 		t.Fatalf("want a verify line with every written op acknowledged, none lost:\n%s", out.String())
 	}
 	t.Log(strings.TrimSpace(out.String()))
-}
-
-// syncBuffer is a bytes.Buffer a child process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startEdgeProcess runs `iotkv edge` on loopback port 0 and returns its

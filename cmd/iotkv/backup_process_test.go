@@ -28,7 +28,7 @@ import (
 type serverProc struct {
 	name   string
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testenv.Buffer
 	exited chan struct{}
 	err    error             // valid after exited is closed
 	addrs  map[string]string // from --addr-file: "https", and "mqtt" for an edge
@@ -89,7 +89,7 @@ func (s *serverProc) readAddrs(t *testing.T, addrFile string) {
 func launchServerProc(t *testing.T, name string, env []string, args ...string) (*serverProc, string) {
 	t.Helper()
 	addrFile := filepath.Join(t.TempDir(), name+"-addrs.json")
-	s := &serverProc{name: name, out: &syncBuffer{}, exited: make(chan struct{})}
+	s := &serverProc{name: name, out: &testenv.Buffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(iotkvBin, append(args, "--addr-file", addrFile, "--log-level", "debug")...)
 	if env != nil {
 		s.cmd.Env = append(os.Environ(), env...)

@@ -61,13 +61,13 @@ func mosqPub(addr, dir, name string, seq int) (string, error) {
 // subscriber is mosquitto_sub (MQTT v5, -d) watching name's status topics.
 type subscriber struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testenv.Buffer
 	exited chan struct{}
 }
 
 func startSub(t *testing.T, addr, dir, name string) *subscriber {
 	t.Helper()
-	s := &subscriber{out: &syncBuffer{}, exited: make(chan struct{})}
+	s := &subscriber{out: &testenv.Buffer{}, exited: make(chan struct{})}
 	args := append(mosqArgs(addr, dir, name), "-V", "mqttv5", "-d", "-q", "1", "-t", iotkv.DeviceNamespace(name)+"status/#")
 	// Line-buffered: mosquitto_sub's -d lines go through stdio.
 	s.cmd = exec.Command("stdbuf", append([]string{"-oL", "mosquitto_sub"}, args...)...)

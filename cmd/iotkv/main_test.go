@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,29 +42,10 @@ func buildAndRun(m *testing.M) int {
 	return m.Run()
 }
 
-// syncBuffer is a process's output, written by exec's copying goroutine
-// and read by the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // edgeProc is `iotkv edge` running as a child process.
 type edgeProc struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testenv.Buffer
 	exited chan struct{}
 	err    error // valid after exited is closed
 	MQTT   string
@@ -86,7 +65,7 @@ func startEdgeProc(t *testing.T, p *testenv.PKI, dataDir string) *edgeProc {
 // until /readyz answers 200.
 func runEdgeProc(t *testing.T, p *testenv.PKI, cmd *exec.Cmd, addrFile string) *edgeProc {
 	t.Helper()
-	e := &edgeProc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
+	e := &edgeProc{cmd: cmd, out: &testenv.Buffer{}, exited: make(chan struct{})}
 	e.cmd.Stdout, e.cmd.Stderr = e.out, e.out
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)

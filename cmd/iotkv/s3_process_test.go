@@ -295,7 +295,7 @@ func runIotkv(t *testing.T, env []string, args ...string) (int, string) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, iotkvBin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	var stderr syncBuffer
+	var stderr testenv.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {

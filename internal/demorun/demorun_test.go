@@ -1,7 +1,6 @@
 package demorun
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,30 +12,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/iotkv/iotkv/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for the demo's writer goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The demo runs the whole system, the commands it prints work when pasted
 // into a shell while it runs, and it ends with a verified summary.
@@ -44,7 +24,7 @@ func TestDemoRunsAndItsPrintedCommandsWork(t *testing.T) {
 	for _, tool := range []string{"bash", "curl", "mosquitto_pub", "mosquitto_sub"} {
 		testenv.RequireTool(t, tool)
 	}
-	var out syncBuffer
+	var out testenv.Buffer
 	type ran struct {
 		cmd, out string
 		err      error

@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"net/http"
@@ -140,4 +141,23 @@ func RequireTool(t testing.TB, tool string) string {
 		t.Skipf("skipping: %s is not installed (CI installs it; see .ci/run)", tool)
 	}
 	return path
+}
+
+// Buffer is a bytes.Buffer that one goroutine (a child process's output
+// copier, a logger) writes while the test reads it.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
