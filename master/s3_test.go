@@ -168,10 +168,10 @@ func TestTwoS3MastersTakeOverWhenTheLeaseHolderDies(t *testing.T) {
 	e1 := r.startEdge("e1", "", "", func(o *edge.Options) { o.Registry = ereg })
 	stA, stB := openStore(t, s3, "ha"), openStore(t, s3, "ha")
 	mA := r.startS3Master([]*edge.Edge{e1}, stA, "a", func(o *Options) { o.crash = true })
-	waitFor(t, 10*time.Second, "master A to hold the lease", func() bool { l := mA.Status()[0].Leader; return l != nil && *l })
+	waitFor(t, 30*time.Second, "master A to hold the lease", func() bool { l := mA.Status()[0].Leader; return l != nil && *l })
 	mB := r.startS3Master([]*edge.Edge{e1}, stB, "b", nil)
 	r.publishBatches(e1, 1, 30, 3, "a")
-	waitFor(t, 10*time.Second, "both masters at the edge's seq", func() bool {
+	waitFor(t, 30*time.Second, "both masters at the edge's seq", func() bool {
 		a, b := mA.Status()[0], mB.Status()[0]
 		return a.Seq > 0 && a.Seq == e1.ChangeSeq() && b.Seq == a.Seq
 	})
@@ -186,10 +186,10 @@ func TestTwoS3MastersTakeOverWhenTheLeaseHolderDies(t *testing.T) {
 	}
 	died := time.Now()
 	r.publishBatches(e1, 31, 30, 3, "b")
-	waitFor(t, 10*time.Second, "master B to take the lease over", func() bool { l := mB.Status()[0].Leader; return l != nil && *l })
+	waitFor(t, 30*time.Second, "master B to take the lease over", func() bool { l := mB.Status()[0].Leader; return l != nil && *l })
 	t.Logf("takeover %v after the holder died (TTL 1s + margin 0.5s)", time.Since(died).Round(time.Millisecond))
 	want := r.edgeState(e1, "d1")
-	waitFor(t, 10*time.Second, "B to store and confirm everything", func() bool {
+	waitFor(t, 30*time.Second, "B to store and confirm everything", func() bool {
 		b := mB.Status()[0]
 		return b.Seq == e1.ChangeSeq() && gauge(ereg, "iotkv_backup_confirmed_seq") == float64(b.Seq)
 	})

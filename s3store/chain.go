@@ -277,10 +277,12 @@ func (s *Store) WriteState(ctx context.Context, w io.Writer, edge, inc string) (
 }
 
 // writeState is writeStateAt from manifest m, started again from the
-// manifest's new snapshot when compaction trimmed what m named while we
-// were reading it (a segment or snapshot gone, or a gap where one was).
-// Nothing is written before the chain and snapshot are found, so a
-// restart never repeats output.
+// manifest as it is now when something it named went away while we were
+// reading it (a segment or snapshot gone, or a gap where one was): another
+// master's compaction trims what an older manifest needed, and a segment
+// listed a moment ago may be gone by the time it is read. Nothing is
+// written before the chain and snapshot are found, so a restart never
+// repeats output; after three attempts the error stands (a real gap).
 func (s *Store) writeState(ctx context.Context, w io.Writer, m Manifest) (iotkv.BackupHeader, error) {
 	cw := &countingWriter{w: w}
 	for attempt := 1; ; attempt++ {
@@ -288,12 +290,20 @@ func (s *Store) writeState(ctx context.Context, w io.Writer, m Manifest) (iotkv.
 		if !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrGap)) || cw.n > 0 || attempt == 3 {
 			return h, err
 		}
+		select {
+		case <-ctx.Done():
+			return h, err
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
 		next, _, merr := s.ReadManifest(ctx, m.Edge, m.Incarnation)
-		if merr != nil || next.SnapSeq == m.SnapSeq {
+		if errors.Is(merr, ErrNotFound) {
+			next, merr = Manifest{Edge: m.Edge, Incarnation: m.Incarnation}, nil
+		}
+		if merr != nil {
 			return h, err
 		}
-		s.log.Info("s3store: the manifest moved on while reading the backup; starting again from its snapshot",
-			"edge", m.Edge, "from", m.SnapSeq, "to", next.SnapSeq, "err", err)
+		s.log.Info("s3store: what the backup named went away while it was read; starting again from the manifest",
+			"edge", m.Edge, "from", m.SnapSeq, "to", next.SnapSeq, "attempt", attempt, "err", err)
 		m = next
 	}
 }
