@@ -177,20 +177,24 @@ func TestREADMEUnitSecurityScores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if header := func(b []byte) string {
-		i := bytes.Index(b, []byte("| unit | exposure ("))
-		if i < 0 {
-			return ""
-		}
-		return string(b[i : i+bytes.IndexByte(b[i:], '\n')])
-	}; header(got) != header(readme) {
+	if here, there := unitScoresHeader(got), unitScoresHeader(readme); here != there {
 		// Another systemd scores differently: the README states the one
 		// it was measured with, and this machine cannot check that one.
-		t.Skipf("README.md's scores are from another systemd than this machine's (%s here, %s there)", header(got), header(readme))
+		t.Skipf("README.md's scores are from another systemd than this machine's (%s here, %s there)", here, there)
 	}
 	if !bytes.Equal(got, readme) {
 		t.Fatalf("README.md's unit exposure table is stale: run bash deploy/unit-scores.sh --readme README.md\n%s", got[bytes.Index(got, []byte("<!-- unit-security")):bytes.Index(got, []byte("<!-- /unit-security"))])
 	}
+}
+
+// unitScoresHeader is the header line of the unit exposure table, which
+// names the systemd that scored the units.
+func unitScoresHeader(b []byte) string {
+	i := bytes.Index(b, []byte("| unit | exposure ("))
+	if i < 0 {
+		return ""
+	}
+	return string(b[i : i+bytes.IndexByte(b[i:], '\n')])
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.

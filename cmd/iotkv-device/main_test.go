@@ -354,9 +354,7 @@ func TestSimulateVerify(t *testing.T) {
 	// 20 first logins cost 20 bcrypt checks, ~3 s each under -race.
 	p := testenv.NewPKI(t)
 	mqttAddr, httpsAddr := startEdgeProcess(t, p)
-	cmd := exec.Command(bin, "simulate", "--devices", "20", "--rate", "50", "--duration", "10s", "--verify",
-		"--certs", p.Dir, "--accounts", p.Accounts, "--queue", filepath.Join(t.TempDir(), "q"),
-		"--edge", mqttAddr, "--rest", "https://"+httpsAddr, "--log-level", "warn")
+	cmd := simulateCmd(t, p, mqttAddr, httpsAddr, "--devices", "20", "--rate", "50", "--duration", "10s", "--verify")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -366,6 +364,15 @@ func TestSimulateVerify(t *testing.T) {
 	if !strings.Contains(out.String(), "lost=0 mismatched=0") {
 		t.Fatalf("simulate output:\n%s", out.String())
 	}
+}
+
+// simulateCmd is `iotkv-device simulate` against the edge at mqttAddr and
+// httpsAddr with p's certificates and accounts, a fresh queue, and args.
+func simulateCmd(t *testing.T, p *testenv.PKI, mqttAddr, httpsAddr string, args ...string) *exec.Cmd {
+	t.Helper()
+	return exec.Command(bin, append(append([]string{"simulate"}, args...),
+		"--certs", p.Dir, "--accounts", p.Accounts, "--queue", filepath.Join(t.TempDir(), "q"),
+		"--edge", mqttAddr, "--rest", "https://"+httpsAddr, "--log-level", "warn")...)
 }
 
 // The first SIGINT ends a simulate run early the way --duration does: the
@@ -380,9 +387,7 @@ func TestSimulateInterruptedEndsTheWritingAndStillVerifies(t *testing.T) {
 	p.Identity(t, "admin", iotkv.RoleAdmin)
 	hc := p.HTTPClient(t, "admin")
 	mqttAddr, httpsAddr := startEdgeProcess(t, p)
-	cmd := exec.Command(bin, "simulate", "--devices", "4", "--rate", "20", "--duration", "1h", "--verify",
-		"--certs", p.Dir, "--accounts", p.Accounts, "--queue", filepath.Join(t.TempDir(), "q"),
-		"--edge", mqttAddr, "--rest", "https://"+httpsAddr, "--log-level", "warn")
+	cmd := simulateCmd(t, p, mqttAddr, httpsAddr, "--devices", "4", "--rate", "20", "--duration", "1h", "--verify")
 	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
